@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -41,8 +42,14 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _parse_scalar(text: str) -> Any:
-    # YAML's scalar rules: 3 -> int, 1e-4 -> float, true -> bool, [1, 2] -> list, else the string.
+    # YAML's scalar rules: 3 -> int, true -> bool, [1, 2] -> list, else the string; plus
+    # 1e-4 -> float, which YAML 1.1 would leave a string.
+    if _FLOAT.match(text):
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:

@@ -17,6 +17,7 @@ dies mid-write leaves either the old state or the new one, never a truncated sha
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +102,13 @@ def write_dataset(
         folder = root / "annotations" / split
         folder.mkdir(parents=True, exist_ok=True)
         n_shards = max(1, -(-table.num_rows // rows_per_shard))
+        written = set()
         for i in range(n_shards):
             chunk = table.slice(i * rows_per_shard, rows_per_shard)
-            write_table(chunk, folder / f"part-{i:05d}.parquet")
+            written.add(write_table(chunk, folder / f"part-{i:05d}.parquet").name)
+        for stale in folder.glob("part-*.parquet"):  # shards left by an earlier, larger write
+            if stale.name not in written:
+                stale.unlink()
     return root
 
 
@@ -118,7 +123,8 @@ def append_annotations(root: str | os.PathLike, split: str, table: pa.Table) -> 
     if "kind" not in table.column_names:
         table = table.append_column("kind", pa.nulls(table.num_rows, pa.string()))
     table = _conform(table, schema.ANNOTATIONS, f"annotations/{split} (appended)")
-    name = f"append-{uuid.uuid4().hex}.parquet"
+    # Time-ordered names: appended shards read after the base shards, in the order written.
+    name = f"append-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     return write_table(table, Path(root) / "annotations" / split / name)
 
 
@@ -126,11 +132,13 @@ def append_annotations(root: str | os.PathLike, split: str, table: pa.Table) -> 
 
 
 def annotation_files(root: str | os.PathLike, split: str) -> list[Path]:
-    """The Parquet shards of one split, sorted by name (hidden and temporary files skipped)."""
+    """The Parquet shards of one split: base shards by name, then appended shards in the order
+    they were written (hidden and temporary files skipped)."""
     folder = Path(root) / "annotations" / split
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    files = [p for p in folder.glob("*.parquet") if not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (p.name.startswith("append-"), p.name))
 
 
 def _check_columns(table: pa.Table, contract: pa.Schema, path: Path) -> pa.Table:
@@ -219,24 +227,22 @@ def _first_violation(mask: np.ndarray) -> int | None:
 
 def _check_unique(table: pa.Table, column: str, path: Path) -> None:
     values = table.column(column).to_numpy(zero_copy_only=False)
-    _, first, counts = np.unique(values, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup = int(np.sort(first[counts > 1])[0])
+    order = np.argsort(values, kind="stable")
+    repeats = order[1:][values[order[1:]] == values[order[:-1]]]
+    if repeats.size:
+        dup = int(repeats.min())  # the first row whose value appeared earlier
         raise DatasetError(
             f"{path}: row {dup}: field {column!r} value {values[dup]!r} is not unique"
         )
 
 
-def _check_refs(
-    values: pa.ChunkedArray, known: pa.Array, path: Path, row: int, rows: np.ndarray, field_: str,
-    what: str,
-) -> None:
+def _check_refs(values: pa.ChunkedArray, known: pa.Array, path: Path, field_: str, what: str) -> None:
     mask = ~pc.is_in(values, value_set=known).to_numpy(zero_copy_only=False)
     bad = _first_violation(mask)
     if bad is not None:
         value = values[bad].as_py()
         raise DatasetError(
-            f"{path}: row {int(rows[bad])}: field {field_!r} names unknown {what} {value!r}"
+            f"{path}: row {bad}: field {field_!r} names unknown {what} {value!r}"
             f" ({int(mask.sum())} row(s) in this split do)"
         )
 
@@ -261,7 +267,7 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     _check_unique(users, "user_id", root / "users.parquet")
     _check_refs(
         responses.column("prompt_id"), prompts.column("prompt_id").combine_chunks(),
-        root / "responses.parquet", 0, np.arange(responses.num_rows), "prompt_id", "prompt",
+        root / "responses.parquet", "prompt_id", "prompt",
     )
     user_split = users.column("split").to_numpy(zero_copy_only=False)
     bad = _first_violation(~np.isin(user_split, schema.USER_SPLITS))
@@ -283,9 +289,7 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
         n_split = 0
         for path in files:
             table = read_annotation_file(path)
-            n = table.num_rows
-            rows = np.arange(n)
-            n_split += n
+            n_split += table.num_rows
             allowed, other = (seen, "unseen") if split in SEEN_SPLITS else (unseen, "seen")
             mask = ~pc.is_in(table.column("user_id"), value_set=allowed).to_numpy(
                 zero_copy_only=False
@@ -298,9 +302,9 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
                     f" {'seen' if split in SEEN_SPLITS else 'unseen'} users)" if known \
                     else "names an unknown user"
                 raise DatasetError(f"{path}: row {bad}: field 'user_id' {uid!r} {reason}")
-            _check_refs(table.column("prompt_id"), prompt_ids, path, 0, rows, "prompt_id", "prompt")
+            _check_refs(table.column("prompt_id"), prompt_ids, path, "prompt_id", "prompt")
             for col in ("chosen_id", "rejected_id"):
-                _check_refs(table.column(col), response_ids, path, 0, rows, col, "response")
+                _check_refs(table.column(col), response_ids, path, col, "response")
             same = pc.equal(table.column("chosen_id"), table.column("rejected_id"))
             bad = _first_violation(same.to_numpy(zero_copy_only=False))
             if bad is not None:
