@@ -1,0 +1,46 @@
+"""Every YAML under configs/ validates against its job's config model.
+
+Convention: ``configs/<job>.yaml`` and ``configs/<job>/**/*.yaml`` belong to ``jobs/<job>.py``;
+the job's config model is the `JobConfig` subclass in that module with an ``output_dir`` field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from copl_ray.config import JobConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+YAMLS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _job_name(path: Path) -> str:
+    rel = path.relative_to(ROOT / "configs")
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _config_model(job: str) -> type[JobConfig]:
+    spec = importlib.util.spec_from_file_location(f"_job_{job}", ROOT / "jobs" / f"{job}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    models = {
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, JobConfig) and obj is not JobConfig
+        and "output_dir" in obj.model_fields
+    }
+    assert len(models) == 1, f"jobs/{job}.py: expected one job config model, found {models}"
+    return models.pop()
+
+
+def test_there_are_configs():
+    assert YAMLS, "configs/ holds no YAML"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_validates(path):
+    job = _job_name(path)
+    assert (ROOT / "jobs" / f"{job}.py").is_file(), f"{path}: no job jobs/{job}.py"
+    load_config(_config_model(job), path)
