@@ -1,0 +1,256 @@
+"""Ray Train worker loop for the personalized reward model: FSDP2, BTL loss, DCP checkpoints.
+
+Paper defaults (App. D.2): AdamW, lr 5e-5, cosine schedule with warm-up ratio 0.03, BTL loss over
+(chosen, rejected) pairs (Eq. 7) plus the gate's load-balancing term where the model reports one.
+
+Sharding: every rank builds the same model from the same seed, then `fully_shard` wraps each
+transformer block of the backbone (the classes HF lists in ``_no_split_modules``) and finally the
+root; frozen backbone weights are sharded too (FSDP2 keeps ``requires_grad`` per parameter, so a
+block mixing frozen base weights and trainable LoRA factors is one unit). The optimizer is built
+after sharding and sees only trainable parameters. On GPU params are gathered in bf16 and
+gradients reduced in fp32; on CPU (gloo) everything stays fp32.
+
+Checkpoints: ``torch.distributed.checkpoint`` (DCP) of the trainable model state and the optimizer
+state, written by every rank into its own folder and reported with ``ray.train.report`` (Ray merges
+the folders); rank 0 adds ``train_state.json`` (step, scheduler state, probe scores). On restart
+``ray.train.get_checkpoint()`` resumes at the saved step of the saved epoch, in the same data order.
+At the end the trainable state is gathered to rank 0 and exported with ``save_reward_model`` so
+scoring needs no process group.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field, model_validator
+
+from copl_ray.config import JobConfig
+
+METHODS = ("copl", "uniform", "g_oracle", "no_gnn", "no_mole")
+
+
+class TrainRewardConfig(JobConfig):
+    """jobs/train_reward.py: train CoPL's reward model (or a baseline) on one dataset.
+
+    ``method``: ``copl`` (GNN user embeddings + MoLE), ``uniform`` (one rank-64 LoRA, no user),
+    ``g_oracle`` (one rank-64 LoRA per true group), ``no_gnn`` (MoLE with learnable user
+    embeddings), ``no_mole`` (GNN embedding projected to one extra input token, rank-64 LoRA).
+    """
+
+    dataset: str
+    gnn_dir: str | None = None
+    output_dir: str
+    method: Literal["copl", "uniform", "g_oracle", "no_gnn", "no_mole"] = "copl"
+    model: dict = Field(default_factory=dict, description="RewardModelConfig fields (backbone, experts, rank...)")
+    max_length: int = Field(128, ge=8)
+    batch_size: int = Field(16, ge=1, description="pairs per worker per step")
+    epochs: int = Field(1, ge=1)
+    max_pairs: int | None = Field(None, ge=1, description="train on a seeded random subset of pairs")
+    lr: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    aux_loss_weight: float = Field(0.01, ge=0, description="weight of the gate's load-balancing loss")
+    user_dim: int = Field(64, ge=1, description="learnable user embedding size when there is no gnn_dir")
+    gradient_checkpointing: bool = False
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of each epoch")
+    max_failures: int = Field(1, ge=0)
+    storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
+    seed: int = 0
+    group: str | None = Field(None, description="train only on this true group's users (G-Oracle)")
+    fail_at_step: int | None = Field(None, description="testing: raise once at this step (no checkpoint restored yet)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method in ("copl", "no_mole") and self.gnn_dir is None:
+            raise ValueError(f"method={self.method!r} needs gnn_dir (the GNN user embeddings)")
+        if self.method == "g_oracle" and self.model.get("mode", "lora") != "lora":
+            raise ValueError("method='g_oracle' trains plain LoRA models; drop model.mode")
+        return self
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def shard_model(model: torch.nn.Module, device_type: str, world: int, bf16: bool) -> torch.nn.Module:
+    """FSDP2: shard each backbone block (HF ``_no_split_modules``), then the root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (world,))
+    kwargs = {"mesh": mesh}
+    if bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    block_names: set[str] = set()
+    for m in model.modules():
+        block_names.update(getattr(m, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def _all_mean(value: float, device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+@torch.no_grad()
+def probe_rewards(model, probe: dict, device) -> torch.Tensor:
+    """Rewards [2P] of a fixed probe batch, eval mode (a collective under FSDP: all ranks call)."""
+    was_training = model.training
+    model.eval()
+    out = model(**{k: v.to(device) for k, v in probe.items()})
+    model.train(was_training)
+    return out.rewards.float().cpu()
+
+
+# ----------------------------------------------------------------------------- worker loop
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker. ``config = {"job": TrainRewardConfig as dict}``."""
+    import ray.train
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
+    )
+    import torch.distributed.checkpoint as dcp
+    from torch.utils.data import DistributedSampler
+
+    from copl_ray.reward.baselines import build_model, prepare_training_data
+    from copl_ray.reward.data import collate_pairs
+    from copl_ray.reward.losses import btl_loss
+    from copl_ray.reward.model import save_reward_model
+
+    cfg = TrainRewardConfig.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank before sharding
+
+    model, tokenizer_owner = build_model(cfg)
+    data = prepare_training_data(cfg, model, tokenizer_owner)
+    if cfg.gradient_checkpointing:
+        backbone = getattr(model.rm, "backbone", None)
+        if backbone is None or not hasattr(backbone, "gradient_checkpointing_enable"):
+            raise ValueError("gradient_checkpointing=true but the model's backbone does not support it")
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+    model = shard_model(model, device.type, world, bf16=cfg.use_gpu)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    sampler = DistributedSampler(data.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = _cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio)
+    sd_opts = StateDictOptions(ignore_frozen_params=True)
+    # Checkpoints hold trainable tensors only, so loading them must not demand the frozen ones.
+    load_opts = StateDictOptions(ignore_frozen_params=True, strict=False)
+
+    step, restored, losses = 0, False, []
+    probe_diff = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            msd, osd = get_state_dict(model, optimizer, options=sd_opts)
+            state = {"model": msd, "optim": osd}
+            dcp.load(state, checkpoint_id=os.path.join(folder, "dcp"))
+            set_state_dict(model, optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"], options=load_opts)
+            meta = json.loads(Path(folder, "train_state.json").read_text())
+        step = meta["step"]
+        scheduler.load_state_dict(meta["scheduler"])
+        losses = meta["losses"]
+        restored = True
+        # A restored model must score the probe exactly as the saved one did.
+        probe_diff = float((probe_rewards(model, data.probe, device) - torch.tensor(meta["probe"])).abs().max())
+
+    def save_checkpoint(metrics: dict) -> None:
+        msd, osd = get_state_dict(model, optimizer, options=sd_opts)
+        probe = probe_rewards(model, data.probe, device)
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(tmp, "dcp"))
+            if rank == 0:
+                Path(tmp, "train_state.json").write_text(json.dumps(
+                    {"step": step, "scheduler": scheduler.state_dict(), "probe": probe.tolist(),
+                     "losses": losses}))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    t0 = time.perf_counter()
+    model.train()
+    for epoch in range(step // steps_per_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            if cfg.fail_at_step is not None and step == cfg.fail_at_step and not restored:
+                raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
+            items = [data.dataset[i] for i in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+            batch = {k: v.to(device) for k, v in collate_pairs(items, data.tokens).items()}
+            out = model(**batch)
+            half = len(items)
+            loss = btl_loss(out.rewards[:half], out.rewards[half:])
+            if out.aux_loss is not None and cfg.aux_loss_weight > 0:
+                loss = loss + cfg.aux_loss_weight * out.aux_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(_all_mean(float(loss.detach()), device))
+            is_epoch_end = b == steps_per_epoch - 1
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or is_epoch_end:
+                save_checkpoint({"step": step, "epoch": epoch, "loss": float(np.mean(losses[-10:]))})
+
+    # Export: gather only trainable tensors (the frozen backbone is rebuilt from its source).
+    full = get_model_state_dict(model, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+    final_probe = probe_rewards(model, data.probe, device)
+    if rank == 0:
+        torch.manual_seed(cfg.seed)
+        plain, _ = build_model(cfg)
+        missing = [k for k, p in plain.named_parameters() if p.requires_grad and k not in full]
+        if missing:
+            raise RuntimeError(f"gathered state lacks trainable tensors {missing[:5]}")
+        plain.load_state_dict(full, strict=False)
+        out_dir = Path(cfg.output_dir)
+        save_reward_model(plain.rm, out_dir / "model")
+        plain.export_users(out_dir)
+        torch.save(data.probe, out_dir / "probe_batch.pt")
+        summary = {
+            "steps": step, "steps_per_epoch": steps_per_epoch, "world_size": world,
+            "n_train_pairs": len(data.dataset), "losses": losses,
+            "loss_first": float(np.mean(losses[:10])) if losses else None,
+            "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "train_seconds_this_attempt": time.perf_counter() - t0,
+            "resumed": restored, "resume_probe_max_abs_diff": probe_diff,
+            "probe_rewards": final_probe.tolist(),
+        }
+        (out_dir / "train_summary.json").write_text(json.dumps(summary))
+    dist.barrier()

@@ -1,0 +1,189 @@
+"""Evaluate a trained reward model (CoPL or a baseline) on held-out pairs.
+
+    python jobs/evaluate.py dataset=D gnn_dir=G reward_dir=R output_dir=O [adapt_dir=A]
+
+Seen users are scored on ``annotations/test`` with the embeddings the model was trained with
+(GNN ``gnn_dir``, or the learned table for ``no_gnn``); unseen users on ``annotations/test_unseen``
+with embeddings from adaptation (``adapt_dir``, written by ``jobs/adapt_users.py``). Without
+``adapt_dir`` the unseen figures say ``available: false`` and why: they are not zero. Uniform and
+G-Oracle need no user embedding (G-Oracle scores each user with the model of their true group).
+
+Writes ``metrics.json`` (``seen_accuracy``, ``unseen_accuracy``, ``seen``/``unseen`` blocks with
+accuracy by kind, by group, per-user distribution and minority users), ``config.yaml`` and, with
+``plots=true``, ``tsne_users.png`` and ``expert_allocation.png`` (MoLE methods).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+from copl_ray.data.dataset import read_table  # noqa: E402
+from copl_ray.embeddings import read_embeddings  # noqa: E402
+from copl_ray.eval import plots  # noqa: E402
+from copl_ray.eval.reward_metrics import accuracy_report, pair_correct, score_pairs  # noqa: E402
+from copl_ray.graph.id_map import IdMap  # noqa: E402
+from copl_ray.reward.baselines import LEARNED_USERS_FILE, UserConditionedRM  # noqa: E402
+from copl_ray.reward.data import PairDataset, PairTable, load_pairs, load_user_table, tokenize_responses  # noqa: E402
+from copl_ray.reward.train import TrainRewardConfig  # noqa: E402
+
+
+class EvaluateConfig(JobConfig):
+    """jobs/evaluate.py: accuracy of a trained reward model on seen and unseen users' test pairs."""
+
+    dataset: str
+    gnn_dir: str | None = None
+    reward_dir: str
+    output_dir: str
+    adapt_dir: str | None = None
+    batch_size: int = Field(64, ge=1, description="pairs per scoring batch (2x sequences)")
+    max_pairs: int | None = Field(None, ge=1, description="score a seeded random subset of each split")
+    max_length: int | None = Field(None, ge=8, description="default: the training run's")
+    plots: bool = True
+    tsne_max_points: int = Field(5000, ge=5)
+    seed: int = 0
+
+
+def _train_config(reward_dir: Path) -> TrainRewardConfig:
+    path = reward_dir / "config.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: reward_dir must be a jobs/train_reward.py output")
+    return TrainRewardConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+def _models(cfg: EvaluateConfig, train: TrainRewardConfig) -> dict:
+    """{group or None: UserConditionedRM} with user tables covering every user it can score."""
+    from copl_ray.reward.model import load_reward_model
+
+    reward_dir = Path(cfg.reward_dir)
+    users = read_table(cfg.dataset, "users")
+    all_ids = IdMap(users.column("user_id").combine_chunks())
+    if train.method == "g_oracle":
+        index = json.loads((reward_dir / "g_oracle.json").read_text())["groups"]
+        out = {}
+        for group, sub in index.items():
+            rm = load_reward_model(reward_dir / sub / "model")
+            out[group] = UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), rm.cfg.user_dim), False)
+        return out
+    rm = load_reward_model(reward_dir / "model")
+    if train.method == "uniform":
+        return {None: UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), rm.cfg.user_dim), False)}
+    if train.method == "no_gnn":
+        ids, emb = read_embeddings(reward_dir / LEARNED_USERS_FILE, "user_id")
+        return {None: UserConditionedRM(rm, IdMap(ids), torch.from_numpy(emb), False)}
+    gnn_dir = cfg.gnn_dir or train.gnn_dir
+    table = load_user_table(gnn_dir, cfg.adapt_dir)
+    return {None: UserConditionedRM(rm, table.index, table.emb, False)}
+
+
+def _score_split(cfg, models, pairs: PairTable, max_length: int) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """(correct [N], expert_index [N, ...] or None, reason-if-unavailable)."""
+    correct = np.zeros(len(pairs), dtype=bool)
+    experts = None
+    for group, model in models.items():
+        sel = np.arange(len(pairs)) if group is None else np.flatnonzero(pairs.group == group)
+        if len(sel) == 0:
+            continue
+        sub = pairs.take(sel)
+        known = np.isin(sub.user_id, np.asarray(model.user_ids.ids.to_pylist(), dtype=object))
+        if not known.all():
+            missing = sub.user_id[~known][0]
+            return correct, None, f"no embedding for user {missing!r} ({int((~known).sum())} pairs)"
+        tokens = tokenize_responses(cfg.dataset, list(sub.chosen_id) + list(sub.rejected_id),
+                                    model.rm.tokenizer, max_length)
+        chosen, rejected, exp = score_pairs(model, PairDataset.from_pairs(sub, model.user_ids, tokens),
+                                            tokens, cfg.batch_size)
+        correct[sel] = pair_correct(chosen, rejected)
+        if exp is not None and group is None:
+            experts = exp
+    if set(models) != {None}:  # G-Oracle: users outside every true group cannot be scored
+        covered = np.isin(pairs.group, list(models))
+        if not covered.all():
+            return correct, None, f"{int((~covered).sum())} pairs of users without a trained group"
+    return correct, experts, None
+
+
+def main(argv=None) -> dict:
+    cfg = parse_job_args(EvaluateConfig, argv)
+    t0 = time.perf_counter()
+    train = _train_config(Path(cfg.reward_dir))
+    max_length = cfg.max_length or train.max_length
+    models = _models(cfg, train)
+    out = Path(cfg.output_dir)
+    metrics: dict = {"method": train.method}
+
+    seen = load_pairs(cfg.dataset, "test", max_pairs=cfg.max_pairs, seed=cfg.seed)
+    reference = _concat(load_pairs(cfg.dataset, "train"), load_pairs(cfg.dataset, "test"))
+    correct, experts, reason = _score_split(cfg, models, seen, max_length)
+    if reason:
+        raise SystemExit(f"error: cannot score seen users: {reason}")
+    metrics["seen"] = accuracy_report(correct, seen, reference)
+    metrics["seen_accuracy"] = metrics["seen"]["accuracy"]
+
+    unseen_users = _unseen_users(cfg.dataset)
+    if not unseen_users:
+        metrics["unseen"] = {"available": False, "reason": "the dataset has no unseen users"}
+    elif train.method in ("copl", "no_mole") and cfg.adapt_dir is None:
+        metrics["unseen"] = {"available": False,
+                             "reason": "no adapt_dir: unseen users' embeddings come from jobs/adapt_users.py"}
+    elif train.method == "no_gnn":
+        metrics["unseen"] = {"available": False,
+                             "reason": "w/o GNN learns embeddings of seen users only; unseen users have none"}
+    else:
+        unseen = load_pairs(cfg.dataset, "test_unseen", max_pairs=cfg.max_pairs, seed=cfg.seed)
+        ref_u = _concat(load_pairs(cfg.dataset, "fewshot"), load_pairs(cfg.dataset, "test_unseen"))
+        u_correct, _, reason = _score_split(cfg, models, unseen, max_length)
+        metrics["unseen"] = {"available": False, "reason": reason} if reason else \
+            {"available": True, **accuracy_report(u_correct, unseen, ref_u)}
+    metrics["unseen_accuracy"] = metrics["unseen"].get("accuracy")
+
+    if cfg.plots:
+        metrics["plots"] = _plots(cfg, models, seen, experts, out)
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    write_resolved_config(cfg, out)
+    write_metrics(metrics, out)
+    return metrics
+
+
+def _concat(a: PairTable, b: PairTable) -> PairTable:
+    return PairTable(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in PairTable.__dataclass_fields__))
+
+
+def _unseen_users(dataset) -> list[str]:
+    users = read_table(dataset, "users")
+    return [u for u, s in zip(users.column("user_id").to_pylist(), users.column("split").to_pylist()) if s == "unseen"]
+
+
+def _plots(cfg: EvaluateConfig, models: dict, seen: PairTable, experts, out: Path) -> dict:
+    written = {}
+    if None in models and not np.all(models[None].user_buffer.numpy() == 0):
+        model = models[None]
+        users = read_table(cfg.dataset, "users")
+        group_of = dict(zip(users.column("user_id").to_pylist(), users.column("group").to_pylist()))
+        split_of = dict(zip(users.column("user_id").to_pylist(), users.column("split").to_pylist()))
+        ids = model.user_ids.ids.to_pylist()
+        path = plots.tsne_by_group(model.user_buffer.numpy(), [group_of.get(u) for u in ids],
+                                   out / "tsne_users.png", max_points=cfg.tsne_max_points, seed=cfg.seed,
+                                   marked=np.asarray([split_of.get(u) == "unseen" for u in ids]))
+        written["tsne_users"] = path.name
+    if experts is not None:
+        # One row per user: the gate depends on the user only, so any of their pairs gives it.
+        _, first = np.unique(seen.user_id.astype(str), return_index=True)
+        n_experts = int(getattr(models[None].rm.cfg, "n_experts", int(experts.max()) + 1))
+        path = plots.expert_heatmap(experts[first], seen.group[first], n_experts, out / "expert_allocation.png")
+        written["expert_allocation"] = path.name
+    return written
+
+
+if __name__ == "__main__":
+    main()
