@@ -19,9 +19,8 @@ import torch
 from copl_ray.data.dataset import write_dataset
 from copl_ray.embeddings import write_embeddings
 
-pytestmark = pytest.mark.integration
-
-TINY_LLAMA = {"backbone": "tiny-llama"}
+integration = pytest.mark.integration
+COMMON = ["method=copl", "model.backbone=tiny-llama", "lr=0.003", "max_length=32", "warmup_ratio=0.03"]
 
 
 def make_two_group_dataset(root: Path, n_users: int = 100, n_prompts: int = 24, seed: int = 0) -> Path:
@@ -84,13 +83,53 @@ def trained(ray_session, tmp_path_factory):
     gnn = write_group_embeddings(root / "gnn", data)
     out = root / "out"
     metrics = main([
-        f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={out}", "method=copl",
-        "model.backbone=tiny-llama", "batch_size=8", "epochs=3", "lr=0.003", "max_length=32",
-        "checkpoint_every=20", "fail_at_step=30", "num_workers=2", "warmup_ratio=0.03",
+        f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={out}", *COMMON,
+        "batch_size=8", "epochs=3", "checkpoint_every=20", "fail_at_step=30", "num_workers=2",
     ])
     return data, gnn, out, metrics
 
 
+@integration
+def test_two_workers_agree_with_one(trained, tmp_path):
+    """1 worker with the global batch (2 x 8) sees the same pairs per step as 2 FSDP workers
+    (DistributedSampler splits one seeded permutation), so the loss curves must match."""
+    from jobs.train_reward import main
+
+    data, gnn, out, _ = trained
+    main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={tmp_path}", *COMMON,
+          "batch_size=16", "epochs=3", "max_steps=12", "num_workers=1"])
+    one = json.loads((tmp_path / "train_summary.json").read_text())["losses"]
+    two = json.loads((out / "train_summary.json").read_text())["losses"][:12]
+    np.testing.assert_allclose(one, two, rtol=2e-3, atol=1e-4)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    from copl_ray.reward.train import _cosine_with_warmup
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.03)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 3) and lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.01
+
+
+def test_config_names_the_missing_field():
+    from copl_ray.config import ConfigError, load_config
+    from copl_ray.reward.train import TrainRewardConfig
+
+    with pytest.raises(ConfigError, match="gnn_dir"):
+        load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "method=copl"])
+    cfg = load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "method=uniform"])
+    assert cfg.lr == 5e-5 and cfg.warmup_ratio == 0.03  # paper defaults
+    with pytest.raises(ConfigError, match="btach_size"):
+        load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "btach_size=3"])
+
+
+@integration
 def test_fsdp_training_lowers_loss_and_resumes(trained):
     _, _, out, metrics = trained
     summary = json.loads((out / "train_summary.json").read_text())
@@ -104,6 +143,7 @@ def test_fsdp_training_lowers_loss_and_resumes(trained):
     assert metrics["loss_last"] < metrics["loss_first"]
 
 
+@integration
 def test_export_reloads_to_identical_scores(trained):
     from copl_ray.reward.baselines import UserConditionedRM
     from copl_ray.reward.data import load_user_table
@@ -120,6 +160,7 @@ def test_export_reloads_to_identical_scores(trained):
     assert torch.allclose(rewards, torch.tensor(summary["probe_rewards"]), atol=1e-5)
 
 
+@integration
 def test_frozen_backbone_unchanged_adapters_trained(trained):
     from copl_ray.reward.model import PersonalRewardModel, load_reward_model
 
@@ -135,6 +176,7 @@ def test_frozen_backbone_unchanged_adapters_trained(trained):
     assert moved, "no trainable tensor changed"
 
 
+@integration
 def test_evaluate_separates_groups(trained, tmp_path):
     import sys
 

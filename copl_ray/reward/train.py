@@ -67,6 +67,7 @@ class TrainRewardConfig(JobConfig):
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of each epoch")
     max_failures: int = Field(1, ge=0)
     storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs); schedule unchanged")
     seed: int = 0
     group: str | None = Field(None, description="train only on this true group's users (G-Oracle)")
     fail_at_step: int | None = Field(None, description="testing: raise once at this step (no checkpoint restored yet)")
@@ -208,6 +209,8 @@ def train_loop_per_worker(config: dict) -> None:
         sampler.set_epoch(epoch)
         order = list(sampler)
         for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
             if cfg.fail_at_step is not None and step == cfg.fail_at_step and not restored:
                 raise RuntimeError(f"injected failure at step {step} (fail_at_step)")
             items = [data.dataset[i] for i in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
@@ -224,7 +227,7 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()
             step += 1
             losses.append(_all_mean(float(loss.detach()), device))
-            is_epoch_end = b == steps_per_epoch - 1
+            is_epoch_end = b == steps_per_epoch - 1 or step == cfg.max_steps
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or is_epoch_end:
                 save_checkpoint({"step": step, "epoch": epoch, "loss": float(np.mean(losses[-10:]))})
 
