@@ -1,0 +1,1 @@
+"""Evaluation: reward-model metrics, dataset statistics, plots (one module each)."""
