@@ -8,11 +8,10 @@ Figures reported for one split:
 - ``by_kind``: common / controversial (paper Table 3), pairs whose kind is null are left out;
 - ``by_group``: per true preference group (users' ``group``), where groups exist;
 - ``per_user``: the distribution of per-user accuracy (mean, std, quantiles);
-- ``minority``: users whose labels agree with the majority vote less than half the time
-  (majority-vote accuracy < 0.5) and the model's accuracy on their pairs. The majority label of a
-  pair (prompt, {a, b}) is the one most annotators gave it, counted over the reference
-  annotations (train + test); pairs with a tied vote are left out of a user's majority-vote
-  accuracy, and users with no such pair are not classified.
+- ``minority``: users whose majority-vote accuracy (MV-ACC, "Personalization meets reality"; the
+  definition and code of `copl_ray.eval.dataset_stats`) is < 0.5, and the model's accuracy on
+  their pairs. MV-ACC is computed over the reference annotations (train + test of the same
+  users), since one split alone has few pairs labelled by several users.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from copl_ray.graph.id_map import IdMap
 from copl_ray.reward.data import PairTable
 
 QUANTILES = {"p10": 0.10, "p25": 0.25, "median": 0.50, "p75": 0.75, "p90": 0.90}
@@ -52,25 +52,22 @@ def per_user_distribution(correct: np.ndarray, user_id: np.ndarray) -> dict:
     return out
 
 
-def _orientation(pairs: PairTable) -> tuple[np.ndarray, np.ndarray]:
-    """Key of the unordered pair and +1/-1: +1 when the chosen id sorts first."""
-    chosen, rejected = pairs.chosen_id.astype(str), pairs.rejected_id.astype(str)
-    first = np.where(chosen < rejected, chosen, rejected)
-    second = np.where(chosen < rejected, rejected, chosen)
-    key = pairs.prompt_id.astype(str) + "\x1f" + first + "\x1f" + second
-    return key, np.where(chosen < rejected, 1, -1)
-
-
 def majority_vote_accuracy(pairs: PairTable, reference: PairTable) -> pd.Series:
-    """Per user: fraction of their (non-tied) pairs whose label matches the majority of
-    ``reference`` annotators. Index user_id; users without a decided pair are absent."""
-    ref_key, ref_sign = _orientation(reference)
-    vote = pd.Series(ref_sign).groupby(ref_key).sum()
-    key, sign = _orientation(pairs)
-    majority = vote.reindex(key).to_numpy()
-    decided = np.nan_to_num(majority) != 0
-    agree = np.sign(majority[decided]) == sign[decided]
-    return pd.Series(agree).groupby(pairs.user_id[decided]).mean()
+    """Per user of ``reference``: MV-ACC as `copl_ray.eval.dataset_stats` defines it (share of the
+    user's multi-user pairs whose label is the pair's majority; a tie scores 0.5).
+
+    Returns: a Series indexed by user_id, only users of ``pairs`` that have such a pair.
+    """
+    from copl_ray.eval.dataset_stats import Triples, divergence_stats
+
+    users = IdMap(np.unique(np.concatenate([reference.user_id, pairs.user_id]).astype(str)))
+    responses = IdMap(np.unique(np.concatenate([reference.chosen_id, reference.rejected_id]).astype(str)))
+    t = Triples(users.lookup(list(reference.user_id.astype(str))),
+                responses.lookup(list(reference.chosen_id.astype(str))),
+                responses.lookup(list(reference.rejected_id.astype(str))), len(users), len(responses))
+    _, per_user = divergence_stats(t)
+    mv = pd.Series(per_user["mv_acc"], index=users.ids.to_pylist()).dropna()
+    return mv[mv.index.isin(set(pairs.user_id.astype(str)))]
 
 
 def accuracy_report(correct: np.ndarray, pairs: PairTable, reference: PairTable | None = None) -> dict:
@@ -94,7 +91,7 @@ def accuracy_report(correct: np.ndarray, pairs: PairTable, reference: PairTable 
         minority = set(mv.index[mv < 0.5])
         mask = np.isin(pairs.user_id, list(minority))
         report["minority"] = {
-            "definition": "users whose majority-vote accuracy < 0.5",
+            "definition": "users whose MV-ACC (eval.dataset_stats) < 0.5 over train+test labels",
             "n_users": len(minority),
             "n_users_classified": int(len(mv)),
             "n_pairs": int(mask.sum()),
