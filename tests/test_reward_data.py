@@ -43,13 +43,30 @@ def test_response_texts_follow_prompt_links(tiny_dataset):
     assert prompts == ["q1", "q0"] and responses == ["a longer one", "short"]
 
 
-def test_tokenize_keeps_response_when_prompt_is_long(tiny_dataset, tokenizer):
-    # A response must survive truncation: the prompt is the part that gets cut.
-    tokens = tokenize_responses(tiny_dataset, ["r0b", "r0a", "r0b"], tokenizer, max_length=16)
-    assert len(tokens.ids) == 2  # distinct responses only
-    text = tokenizer.decode(tokens.ids[tokens.rows(["r0b"])[0]])
-    assert "longer answer" in text and "assistant" in text.lower()
-    assert all(len(t) <= 16 for t in tokens.ids)
+def test_tokenize_cuts_the_prompt_not_the_response(tmp_path, tokenizer):
+    import pyarrow as pa
+
+    from copl_ray.data import write_dataset
+    from tests.tiny_data import tiny_tables
+
+    t = tiny_tables()
+    t["prompts"] = pa.table({"prompt_id": ["p0", "p1", "p2"],
+                             "text": ["alpha " * 200, "q1", "q2"]})
+    t["responses"] = t["responses"].set_column(
+        2, "text", pa.array(["short", "one two three four five six seven eight nine ten eleven twelve",
+                             "ok", "x " * 100, "no", "yes"]))
+    root = write_dataset(tmp_path / "d", t["prompts"], t["responses"], t["users"], t["annotations"])
+    tokens = tokenize_responses(root, ["r0b", "r0a", "r0b", "r1b"], tokenizer, max_length=32)
+    assert len(tokens.ids) == 3  # distinct responses only
+    long_prompt = tokenizer.decode(tokens.ids[tokens.rows(["r0b"])[0]])
+    assert len(tokens.ids[tokens.rows(["r0b"])[0]]) == 32
+    assert "one two three four five six seven eight nine ten eleven twelve" in long_prompt
+    assert "alpha" in long_prompt  # some of the prompt stays
+    # A response longer than the budget is cut, keeping at least 8 prompt tokens.
+    long_resp = tokens.ids[tokens.rows(["r1b"])[0]]
+    assert len(long_resp) == 32 and "q1" in tokenizer.decode(long_resp)
+    with pytest.raises(ValueError, match="max_length"):
+        tokenize_responses(root, ["r0a"], tokenizer, max_length=8)
 
 
 def test_collate_pairs_chosen_then_rejected(tiny_dataset, tokenizer):

@@ -122,22 +122,30 @@ def tokenize_responses(
 ) -> TokenTable:
     """Tokenize each distinct response once as ``"Human: {prompt}"`` + ``" Assistant: {response}"``.
 
-    The two parts go to the tokenizer as a text pair with ``truncation="longest_first"``: when a
-    long prompt (a Reddit post) does not fit, the prompt is cut, not the response that the reward
-    judges.
+    The two parts go to the tokenizer as a text pair truncated ``only_first``: when a long prompt
+    (a Reddit post) does not fit, the prompt is cut, never the response the reward judges. Only a
+    response that leaves fewer than 8 prompt tokens is itself cut (``longest_first``).
     """
-    if max_length < 8:
-        raise ValueError(f"max_length must be >= 8, got {max_length}")
+    if max_length < 16:
+        raise ValueError(f"max_length must be >= 16, got {max_length}")
     unique = list(dict.fromkeys(response_ids))
     p_text, r_text = response_texts(dataset, unique)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither pad_token_id nor eos_token_id")
-    enc = tokenizer(
-        [f"Human: {p}" for p in p_text], [f" Assistant: {r}" for r in r_text],
-        truncation="longest_first", max_length=max_length, padding=False,
-    )
-    ids = [torch.tensor(x, dtype=torch.long) for x in enc["input_ids"]]
+    first = [f"Human: {p}" for p in p_text]
+    second = [f" Assistant: {r}" for r in r_text]
+    r_len = np.array([len(x) for x in tokenizer(second, add_special_tokens=False)["input_ids"]])
+    fits = r_len + tokenizer.num_special_tokens_to_add(pair=True) + 8 <= max_length
+    ids: list = [None] * len(unique)
+    for mask, how in ((fits, "only_first"), (~fits, "longest_first")):
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            continue
+        enc = tokenizer([first[i] for i in rows], [second[i] for i in rows], truncation=how,
+                        max_length=max_length, padding=False)
+        for i, x in zip(rows, enc["input_ids"]):
+            ids[i] = torch.tensor(x, dtype=torch.long)
     return TokenTable(index=IdMap(unique), ids=ids, pad_id=int(pad))
 
 
