@@ -35,7 +35,7 @@ from copl_ray.eval.reward_metrics import accuracy_report, pair_correct, score_pa
 from copl_ray.graph.id_map import IdMap  # noqa: E402
 from copl_ray.reward.baselines import LEARNED_USERS_FILE, UserConditionedRM  # noqa: E402
 from copl_ray.reward.data import PairDataset, PairTable, load_pairs, load_user_table, tokenize_responses  # noqa: E402
-from copl_ray.reward.train import TrainRewardConfig  # noqa: E402
+from copl_ray.reward import train as reward_train  # noqa: E402  (module import: one JobConfig here)
 
 
 class EvaluateConfig(JobConfig):
@@ -54,14 +54,14 @@ class EvaluateConfig(JobConfig):
     seed: int = 0
 
 
-def _train_config(reward_dir: Path) -> TrainRewardConfig:
+def _train_config(reward_dir: Path) -> "reward_train.TrainRewardConfig":
     path = reward_dir / "config.yaml"
     if not path.is_file():
         raise SystemExit(f"error: {path} not found: reward_dir must be a jobs/train_reward.py output")
-    return TrainRewardConfig.model_validate(yaml.safe_load(path.read_text()))
+    return reward_train.TrainRewardConfig.model_validate(yaml.safe_load(path.read_text()))
 
 
-def _models(cfg: EvaluateConfig, train: TrainRewardConfig) -> dict:
+def _models(cfg: EvaluateConfig, train) -> dict:
     """{group or None: UserConditionedRM} with user tables covering every user it can score."""
     from copl_ray.reward.model import load_reward_model
 
