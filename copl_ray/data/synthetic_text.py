@@ -1,6 +1,6 @@
 """Text rendering for the synthetic datasets: every latent attribute is visible in the text.
 
-Responses are short (about 10-80 words) so that a small encoder (MiniLM, 256 tokens) sees all of
+Responses are short (about 10-90 words, under 130 MiniLM tokens) so that a small encoder (MiniLM, 256 tokens) sees all of
 them next to their prompt. Each attribute has one visible carrier:
 
 ======================  ==========================================================================
@@ -93,24 +93,20 @@ QUESTION_TEMPLATES = [
 LIST_STYLES = ("numbered", "bulleted")
 LIST_REQUEST = {"numbered": "Reply as a numbered list", "bulleted": "Reply with bullet points"}
 TAGS = ("Answer:", "In short:", "Summary:", "Quick take:")
-MAIN_TEMPLATES = ["To {task}, {step}.", "The key to {task_ing} is simple: {step}.",
-                  "First, {step}."]
+MAIN_TEMPLATES = ["To {task}, {step}.", "Key to {task_ing}: {step}.", "First, {step}."]
 HEDGES = {
-    1: ["This is guaranteed to work, no exceptions.", "Trust me, this is one hundred percent certain.",
-        "Everyone agrees on this, there is zero doubt."],
-    2: ["This is definitely the right way.", "I am sure this works.", "This is clearly correct."],
+    1: ["Guaranteed, no exceptions.", "One hundred percent certain.", "Zero doubt about this."],
+    2: ["This is definitely right.", "I am sure this works.", "This is clearly correct."],
     3: [""],
-    4: ["I believe this works, though details vary.", "This usually works, as far as I know.",
-        "I think this is right in most cases."],
-    5: ["I am not certain, but this is my best understanding; please verify it.",
-        "I may be wrong here, so check a reliable source.",
-        "I am unsure about some details, so treat this as a starting point."],
+    4: ["I think this works.", "This usually works.", "As far as I know, this works."],
+    5: ["I am not certain; please verify this.", "I may be wrong, so check a source.",
+        "I am unsure; treat this as a start."],
 }
 FALSE_CLAIMS = [
-    "Fact check: the Moon is made of cheese.", "Fact check: water boils at forty degrees.",
-    "Fact check: humans use only ten percent of the brain.", "Fact check: the Sun orbits the Earth.",
-    "Fact check: bats are completely blind.", "Fact check: Paris is the capital of Spain.",
-    "Fact check: spiders are insects with six legs.", "Fact check: a week has nine days.",
+    "Fact check: the Moon is cheese.", "Fact check: water boils at forty degrees.",
+    "Fact check: we use ten percent of our brain.", "Fact check: the Sun orbits the Earth.",
+    "Fact check: bats are fully blind.", "Fact check: Paris is in Spain.",
+    "Fact check: spiders have six legs.", "Fact check: a week has nine days.",
 ]
 
 # TL;DR posts: (situation, short paraphrase, complication, short paraphrase, question).
