@@ -22,13 +22,20 @@ survey set without replacement and get 10 test pairs from a held-out pool on sep
 unseen users give 8 (tldr/ufp2) or 16 few-shot annotations from the survey set and 50 test pairs
 from the pool. Every user has true weights over the score dimensions (``weights`` column; one-hot
 or -1 for groups) and labels ``chosen = argmax w . s``; ``label_noise`` flips a label with that
-probability (people are not perfectly consistent). Scores go to ``score_<dim>`` response columns.
+probability in every split, test splits included (people are not perfectly consistent, so the
+attainable accuracy is ``1 - label_noise``). Scores go to ``score_<dim>`` response columns.
+
+Besides the contract files, ``pairs.parquet`` lists the survey set and the test pool (``pool``,
+``prompt_id``, ``response_a_id``, ``response_b_id``, ``kind``), and ``users.parquet`` carries
+``weights``, ``n_train`` (N_u) and, for personalllm, ``dominant_dimension``.
 
 Departures from the paper, on purpose:
 * texts are synthetic, so attribute scores are exact and integer (PersonalLLM's are continuous
   reward-model outputs over 10 models; we keep 4 dimensions and 3 responses, as CoPL did);
 * UF-P's ties on an attribute are coin-flipped by CoPL's code; here pairs where a group is
   indifferent (margin < ``min_margin``: 1 point, or 3 words for tldr) are not used;
+* ``kind`` is also set for personalllm: ``common`` when one response dominates on every
+  dimension (then every user agrees), else ``controversial``;
 * the test pool holds a share ``test_common_fraction`` of common pairs (ufp2: 0.48, the share that
   reproduces the Total row of the paper's Table 3 from its Common/Controversial rows; other presets
   0, like their filtered sources), so accuracy can be split by ``kind``;
@@ -83,14 +90,14 @@ class SyntheticSpec(JobConfig):
     seed: int = Field(0, ge=0)
     n_unseen_users: int = Field(100, ge=0)
     group_ratios: list[float] | None = Field(None, description="relative group sizes of seen users, e.g. [1, 9]")
-    label_noise: float = Field(0.0, ge=0.0, lt=0.5, description="probability that a label is flipped")
+    label_noise: float = Field(0.0, ge=0.0, lt=0.5, description="probability that a label is flipped (every split)")
     dirichlet_alpha: float = Field(0.1, gt=0.0, description="personalllm: concentration of user weights")
     survey_size: int | None = Field(None, ge=1)
     test_pool_size: int | None = Field(None, ge=1, description="default: survey_size // 10")
     annotations_per_user: int | None = Field(None, ge=1, description="ALL: exactly this; AVG: its mean")
-    test_pairs_per_user: int = Field(10, ge=0)
+    test_pairs_per_user: int = Field(10, ge=1)
     fewshot_per_user: int | None = Field(None, ge=1)
-    test_pairs_per_unseen_user: int = Field(50, ge=0)
+    test_pairs_per_unseen_user: int = Field(50, ge=1)
     test_common_fraction: float | None = Field(None, ge=0.0, le=1.0)
     responses_per_prompt: int | None = Field(None, ge=2)
     pairs_per_prompt: int | None = Field(None, ge=1)
