@@ -1,0 +1,108 @@
+"""Graph construction with Ray Data (copl_ray.graph.build): the Ray path agrees with a plain pyarrow
+reference, does not depend on sharding, and names file/row/field of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from copl_ray.data import write_dataset
+from copl_ray.data.dataset import DatasetError, annotation_files, append_annotations, read_annotations
+from copl_ray.graph.build import build_graph, build_id_maps, index_annotations
+from copl_ray.graph.signed_graph import SignedGraph
+from tests.tiny_data import tiny_tables
+
+pytestmark = pytest.mark.integration
+
+
+def _write(root, rows_per_shard):
+    t = tiny_tables()
+    write_dataset(root, t["prompts"], t["responses"], t["users"], t["annotations"],
+                  rows_per_shard=rows_per_shard)
+    return root
+
+
+def _reference(root, user_map, response_map):
+    table = read_annotations(root, "train")
+    u = user_map.lookup(table.column("user_id").combine_chunks())
+    c = response_map.lookup(table.column("chosen_id").combine_chunks())
+    r = response_map.lookup(table.column("rejected_id").combine_chunks())
+    order = np.lexsort((r, c, u))
+    return u[order], c[order], r[order]
+
+
+def test_build_matches_reference_and_ignores_sharding(ray_session, tmp_path):
+    one = _write(tmp_path / "one", rows_per_shard=1000)
+    many = _write(tmp_path / "many", rows_per_shard=3)
+    assert len(annotation_files(many, "train")) == 3  # 8 rows in shards of 3
+    a, b = build_graph(one), build_graph(many)
+    # Seen users only, in users.parquet order; every response, in responses.parquet order.
+    assert a.user_map.ids.to_pylist() == ["alice", "bob", "carol", "dave"]
+    assert a.response_map.ids.to_pylist() == ["r0a", "r0b", "r1a", "r1b", "r2a", "r2b"]
+    assert list(a.user_group) == ["short", "short", "long", "long"]
+    ref = _reference(one, a.user_map, a.response_map)
+    for got in (a.train, b.train):
+        np.testing.assert_array_equal(got.user, ref[0])
+        np.testing.assert_array_equal(got.chosen, ref[1])
+        np.testing.assert_array_equal(got.rejected, ref[2])
+    expect = SignedGraph.from_triples(*ref, 4, 6)
+    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
+        assert torch.equal(getattr(a.graph, name), getattr(expect, name))
+        assert torch.equal(getattr(b.graph, name), getattr(expect, name))
+    # alice chose r0a (index 0) over r0b (index 1): one positive and one negative edge.
+    pos = set(zip(a.graph.pos_user.tolist(), a.graph.pos_response.tolist()))
+    neg = set(zip(a.graph.neg_user.tolist(), a.graph.neg_response.tolist()))
+    assert (0, 0) in pos and (0, 1) in neg and (0, 1) not in pos
+    assert a.stats["n_train_annotations"] == 8 and a.stats["n_pos_edges"] == 8
+
+
+def test_kinds_are_coded(ray_session, tiny_dataset):
+    user_map, response_map, _ = build_id_maps(tiny_dataset)
+    append_annotations(tiny_dataset, "test", pa.table({
+        "user_id": ["bob", "dave"], "prompt_id": ["p1", "p0"], "chosen_id": ["r1a", "r0b"],
+        "rejected_id": ["r1b", "r0a"], "kind": ["common", None]}))
+    t = index_annotations(tiny_dataset, "test", user_map, response_map, with_kind=True)
+    by_user = {int(u): int(k) for u, k in zip(t.user, t.kind)}
+    # alice, carol: controversial (1); bob: common (0); dave: unknown (-1).
+    assert by_user == {0: 1, 2: 1, 1: 0, 3: -1}
+
+
+def test_unknown_user_names_file_row_and_field(ray_session, tiny_dataset):
+    path = append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["bob", "mallory"], "prompt_id": ["p1", "p1"], "chosen_id": ["r1a", "r1a"],
+        "rejected_id": ["r1b", "r1b"], "kind": [None, None]}))
+    with pytest.raises(DatasetError) as err:
+        build_graph(tiny_dataset)
+    msg = str(err.value)
+    assert str(path) in msg and "row 1" in msg and "'user_id'" in msg and "mallory" in msg
+
+
+def test_unseen_user_in_train_is_rejected(ray_session, tiny_dataset):
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["erin"], "prompt_id": ["p1"], "chosen_id": ["r1a"], "rejected_id": ["r1b"],
+        "kind": [None]}))
+    with pytest.raises(DatasetError, match=r"row 0: field 'user_id' names unknown seen user 'erin'"):
+        build_graph(tiny_dataset)
+
+
+def test_same_chosen_and_rejected_is_rejected(ray_session, tiny_dataset):
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["bob", "bob", "bob"], "prompt_id": ["p1"] * 3, "chosen_id": ["r1a", "r1a", "r2a"],
+        "rejected_id": ["r1b", "r1b", "r2a"], "kind": [None] * 3}))
+    with pytest.raises(DatasetError, match=r"row 2: fields 'chosen_id' and 'rejected_id' are the same"):
+        build_graph(tiny_dataset)
+
+
+def test_unknown_response_and_missing_column(ray_session, tiny_dataset):
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["bob"], "prompt_id": ["p1"], "chosen_id": ["r9"], "rejected_id": ["r1b"],
+        "kind": [None]}))
+    with pytest.raises(DatasetError, match=r"field 'chosen_id' names unknown response 'r9'"):
+        build_graph(tiny_dataset)
+    bad = tiny_dataset / "annotations" / "train" / "zz-bad.parquet"
+    pq.write_table(pa.table({"user_id": ["bob"], "chosen_id": ["r1a"]}), bad)
+    with pytest.raises(DatasetError, match=r"zz-bad.parquet: missing column 'rejected_id'"):
+        build_graph(tiny_dataset)
