@@ -5,7 +5,8 @@
 
 Each size runs in a fresh child process so its peak RSS (``ru_maxrss``) is its own. Prints one line
 per size (seconds to generate, to validate, annotations per second, peak RSS after each phase,
-bytes on disk) and the ratios of seconds per annotation against the smallest size (1.0 = linear).
+bytes on disk) and the ratios of seconds per annotation against the smallest size (1.0 = linear);
+then, per preset in ``probe_presets``, the learnability probe (`copl_ray.data.synthetic_probe`).
 Figures are written to ``output_dir/metrics.json``; the datasets are deleted unless ``keep=true``.
 """
 
@@ -37,6 +38,10 @@ class BenchSyntheticConfig(JobConfig):
     output_dir: str = "runs/bench_synthetic"
     data_dir: str | None = Field(None, description="where datasets are written (default: a temp folder)")
     keep: bool = False
+    probe_presets: list[str] = Field(
+        default_factory=lambda: ["tldr", "ufp2", "ufp2/dimensions_disagree", "ufp4", "personalllm"],
+        description="presets (optionally preset/survey_rule) whose texts are probed for learnability")
+    probe_users: int = Field(2000, ge=1)
 
 
 def _peak_rss_mb() -> float:
@@ -97,9 +102,23 @@ def main(argv=None) -> dict:
         ratio = (row["generate_s"] / row["annotations_total"]) / (first["generate_s"] / first["annotations_total"])
         row["generate_s_per_row_vs_smallest"] = ratio
         print(f"seconds per annotation at {row['n_users']:,} users / at {first['n_users']:,}: {ratio:.2f}")
+    probe = {}
+    for name in cfg.probe_presets:
+        from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
+        from copl_ray.data.synthetic_probe import bow_group_accuracy
+
+        preset, _, rule = name.partition("/")
+        root = base / f"probe_{preset}_{rule}"
+        generate_dataset(SyntheticSpec(preset=preset, n_users=cfg.probe_users, seed=cfg.seed,
+                                       survey_rule=rule or "groups_disagree"), root)
+        preset = name
+        probe[preset] = bow_group_accuracy(root)
+        print(f"probe {preset} ({cfg.probe_users:,} users, ALL): response-only bag-of-words BTL test accuracy"
+              f" per group: " + ", ".join(f"{g} {a:.3f}" for g, a in probe[preset].items()), flush=True)
+        shutil.rmtree(root, ignore_errors=True)
     if not cfg.keep and not cfg.data_dir:
         shutil.rmtree(base, ignore_errors=True)
-    metrics = {"preset": cfg.preset, "annotations": cfg.annotations, "runs": rows}
+    metrics = {"preset": cfg.preset, "annotations": cfg.annotations, "runs": rows, "probe_bow_accuracy": probe}
     write_resolved_config(cfg, cfg.output_dir)
     write_metrics(metrics, cfg.output_dir)
     return metrics

@@ -287,3 +287,27 @@ def test_preset_defaults_follow_the_paper():
         assert (spec.survey_size, spec.annotations_per_user, spec.fewshot_per_user) == (survey, n, fewshot)
         assert (spec.n_users, spec.n_unseen_users, spec.test_pairs_per_user, spec.test_pairs_per_unseen_user) == (
             10_000, 100, 10, 50)
+
+
+def test_text_models_can_learn_each_group(datasets):
+    from copl_ray.data.synthetic_probe import bow_group_accuracy
+
+    acc = bow_group_accuracy(datasets["tldr"][0])
+    assert min(acc.values()) > 0.95, acc
+    acc = bow_group_accuracy(datasets["ufp4"][0])
+    # Response-only words see these attributes; instruction following also needs the prompt.
+    assert min(acc["helpfulness"], acc["honesty"], acc["truthfulness"]) > 0.95, acc
+    assert acc["instruction_following"] > 0.7, acc
+
+
+def test_ufp2_dimensions_rule_keeps_pairs_the_groups_agree_on(tmp_path_factory):
+    root = _make(tmp_path_factory, "ufp2dims", preset="ufp2", n_users=500, survey_rule="dimensions_disagree")[0]
+    d = _load(root)
+    survey = d["pairs"][d["pairs"].pool == "survey"]
+    cols = [f"score_{a}" for a in ASPECTS]
+    diff = d["responses"].loc[survey.response_a_id, cols].to_numpy() - d["responses"].loc[survey.response_b_id, cols].to_numpy()
+    assert not ((diff > 0).all(1) | (diff < 0).all(1)).any(), "a survey pair on which all four scores agree"
+    assert set(survey.kind) == {"common", "controversial"}
+    for split in ANNOTATION_SPLITS:
+        assert (_margins(d, split, "ufp2") > 0).all()
+        assert (d["ann"][split].kind.to_numpy() == _kinds(d, split, "ufp2")).all()

@@ -36,6 +36,10 @@ Departures from the paper, on purpose:
   indifferent (margin < ``min_margin``: 1 point, or 3 words for tldr) are not used;
 * ``kind`` is also set for personalllm: ``common`` when one response dominates on every
   dimension (then every user agrees), else ``controversial``;
+* ufp2's survey keeps only pairs the two groups disagree on (the issue's rule). Trained on those
+  alone, helpfulness and honesty are perfectly anti-aligned in every label, so common test pairs
+  are not identifiable; ``survey_rule=dimensions_disagree`` applies UF-P's own rule instead (drop
+  pairs all four scores agree on), which keeps pairs the two groups agree on, as CoPL's data has;
 * the test pool holds a share ``test_common_fraction`` of common pairs (ufp2: 0.48, the share that
   reproduces the Total row of the paper's Table 3 from its Common/Controversial rows; other presets
   0, like their filtered sources), so accuracy can be split by ``kind``;
@@ -101,6 +105,9 @@ class SyntheticSpec(JobConfig):
     test_common_fraction: float | None = Field(None, ge=0.0, le=1.0)
     responses_per_prompt: int | None = Field(None, ge=2)
     pairs_per_prompt: int | None = Field(None, ge=1)
+    survey_rule: Literal["groups_disagree", "dimensions_disagree"] = Field(
+        "groups_disagree", description="survey pairs: the groups disagree (issue), or not all four"
+        " score dimensions agree (UF-P's own rule; differs from the default only for ufp2)")
     rows_per_shard: int = Field(1_000_000, ge=1)
 
     @model_validator(mode="before")
@@ -212,6 +219,7 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
         min_margin=preset["min_margin"], responses_per_prompt=spec.responses_per_prompt,
         pairs_per_prompt=spec.pairs_per_prompt, survey_size=spec.survey_size,
         test_pool_size=spec.test_pool_size, test_common_fraction=spec.test_common_fraction,
+        survey_rule=spec.survey_rule,
     )
     n_seen, n_all = spec.n_users, spec.n_users + spec.n_unseen_users
     group, weights = _users(spec, _stream(spec.seed, _USERS))

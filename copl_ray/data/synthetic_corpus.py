@@ -12,7 +12,8 @@ Each prompt gets ``K`` responses with latent integer attribute scores; candidate
   else ``controversial``.
 
 The survey set keeps only controversial pairs (paper App. D.1: UF-P-2/UF-P-4/PersonalLLM drop
-pairs every group agrees on; TL;DR pairs are always controversial). The test pool is drawn from
+pairs every group agrees on; TL;DR pairs are always controversial), or, with
+``survey_rule=dimensions_disagree``, pairs on which not all score dimensions agree. The test pool is drawn from
 separate prompts, with a chosen share of common pairs so accuracy can be split by ``kind``.
 """
 
@@ -131,9 +132,13 @@ def _capped(prompt: np.ndarray, cap: int) -> np.ndarray:
     return (np.arange(prompt.size) - run_start) < cap
 
 
+ANY_NOT_UNANIMOUS = -1  # quota key: usable pairs of either kind whose score dimensions disagree
+
+
 def _select(cand: _Candidates, quotas: dict[int, int], cap: int, group_weights, min_margin) -> PairSet:
-    """Draw prompts until each kind's quota of usable pairs is met (at most ``cap`` pairs of a
-    kind per prompt); the first pairs in draw order are kept."""
+    """Draw prompts until each quota of usable pairs is met (at most ``cap`` pairs per quota key
+    per prompt); the first pairs in draw order are kept. Keys: a kind (0 common, 1
+    controversial) or ``ANY_NOT_UNANIMOUS``."""
     got = {kind: [] for kind in quotas}
     have = dict.fromkeys(quotas, 0)
     n = max(64, int(1.2 * sum(quotas.values()) / max(cap, 1)))
@@ -142,10 +147,12 @@ def _select(cand: _Candidates, quotas: dict[int, int], cap: int, group_weights, 
             break
         prompt, a, b = cand.draw(n)
         scores = np.concatenate(cand.scores)
-        usable, kind = classify(scores[a] - scores[b], group_weights, min_margin)
+        diff = scores[a] - scores[b]
+        usable, kind = classify(diff, group_weights, min_margin)
+        unanimous = (diff > 0).all(axis=1) | (diff < 0).all(axis=1)
         rounds_need = 0.0
         for k_, quota in quotas.items():
-            m = np.flatnonzero(usable & (kind == k_))
+            m = np.flatnonzero(usable & (~unanimous if k_ == ANY_NOT_UNANIMOUS else kind == k_))
             m = m[_capped(prompt[m], cap)]
             # Prompts this kind still needs, at the yield this round showed.
             rate = max(m.size / n, 1.0 / n)
@@ -157,17 +164,25 @@ def _select(cand: _Candidates, quotas: dict[int, int], cap: int, group_weights, 
     missing = {KIND_NAMES[k]: q - have[k] for k, q in quotas.items() if have[k] < q}
     if missing:
         raise ValueError(f"could not find enough pairs of kind(s) {missing} after {_MAX_ROUNDS} rounds")
-    parts = [(p, a, b, np.full(p.size, k_, np.int8)) for k_ in quotas for (p, a, b) in got[k_]]
-    return PairSet(*(np.concatenate([x[i] for x in parts]) for i in range(4)))
+    prompt, a, b = (np.concatenate([x[i] for k_ in quotas for x in got[k_]]) for i in range(3))
+    scores = np.concatenate(cand.scores)
+    return PairSet(prompt, a, b, classify(scores[a] - scores[b], group_weights, min_margin)[1])
 
 
 def build_corpus(rng: np.random.Generator, *, style: str, dims: tuple[str, ...], group_weights: np.ndarray | None,
                  min_margin: float, responses_per_prompt: int, pairs_per_prompt: int,
-                 survey_size: int, test_pool_size: int, test_common_fraction: float) -> Corpus:
+                 survey_size: int, test_pool_size: int, test_common_fraction: float,
+                 survey_rule: str = "groups_disagree") -> Corpus:
     """Draw prompts/responses, pick the survey set and the test pool (on separate prompts), and
-    render the texts of the prompts and responses that some pair uses."""
+    render the texts of the prompts and responses that some pair uses.
+
+    ``survey_rule``: ``groups_disagree`` keeps controversial pairs only; ``dimensions_disagree``
+    keeps pairs on which not all score dimensions agree (UF-P's construction, which leaves pairs
+    that the preset's groups agree on when the groups use fewer dimensions than the scores).
+    """
     cand = _Candidates(rng, style, responses_per_prompt, len(dims))
-    survey = _select(cand, {1: survey_size}, pairs_per_prompt, group_weights, min_margin)
+    key = {"groups_disagree": 1, "dimensions_disagree": ANY_NOT_UNANIMOUS}[survey_rule]
+    survey = _select(cand, {key: survey_size}, pairs_per_prompt, group_weights, min_margin)
     n_common = int(round(test_common_fraction * test_pool_size))
     quotas = {k: q for k, q in ((0, n_common), (1, test_pool_size - n_common)) if q > 0}
     test = _select(cand, quotas, pairs_per_prompt, group_weights, min_margin)
