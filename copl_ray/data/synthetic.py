@@ -20,7 +20,8 @@ Common to all: 10,000 seen users split over the groups by ``group_ratios`` (exac
 remainder, shuffled), 100 unseen users spread evenly; seen users sample their annotations from the
 survey set without replacement and get 10 test pairs from a held-out pool on separate prompts;
 unseen users give 8 (tldr/ufp2) or 16 few-shot annotations from the survey set and 50 test pairs
-from the pool. Every user has true weights over the score dimensions (``weights`` column; one-hot
+from the pool. Each prompt has 4 responses (personalllm 3) and gives at most 1 survey pair (tldr 2,
+personalllm 3): UltraFeedback's one pair per instruction, PersonalLLM's ~1.5. Every user has true weights over the score dimensions (``weights`` column; one-hot
 or -1 for groups) and labels ``chosen = argmax w . s``; ``label_noise`` flips a label with that
 probability in every split, test splits included (people are not perfectly consistent, so the
 attainable accuracy is ``1 - label_noise``). Scores go to ``score_<dim>`` response columns.
