@@ -50,6 +50,8 @@ def _parse_scalar(text: str) -> Any:
     # 1e-4 -> float, which YAML 1.1 would leave a string.
     if _FLOAT.match(text):
         return int(text) if text.lstrip("+-").isdigit() else float(text)
+    if ":" in text and re.fullmatch(r"[\d:._]+", text):
+        return text  # YAML 1.1 would read 1:9 as the base-60 number 69
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:

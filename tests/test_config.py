@@ -39,8 +39,8 @@ class ToyConfig(JobConfig):
 
 
 def test_overrides_parse_types_and_nesting():
-    tree = parse_overrides(["a.b=1", "a.c=1e-4", "d=true", "e=[1, 2]", "f=hello", "g="])
-    assert tree == {"a": {"b": 1, "c": 1e-4}, "d": True, "e": [1, 2], "f": "hello", "g": ""}
+    tree = parse_overrides(["a.b=1", "a.c=1e-4", "d=true", "e=[1, 2]", "f=hello", "g=", "h=1:9"])
+    assert tree == {"a": {"b": 1, "c": 1e-4}, "d": True, "e": [1, 2], "f": "hello", "g": "", "h": "1:9"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
     with pytest.raises(ConfigError, match="empty key"):
