@@ -111,3 +111,19 @@ def test_job_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     assert per_user["mv_acc"] == pytest.approx([0.5, 0.75, 0.5, 0.75])
     assert (out / "config.yaml").is_file()
     assert "divergence_rate" in capsys.readouterr().out
+
+
+def test_fast_graph_equals_signed_graph_from_triples():
+    from copl_ray.eval.dataset_stats import signed_graph
+    from copl_ray.graph.signed_graph import SignedGraph
+
+    rng = np.random.default_rng(0)
+    u, c, r = rng.integers(0, 30, 400), rng.integers(0, 20, 400), rng.integers(0, 20, 400)
+    ref = SignedGraph.from_triples(u, c, r, 30, 20)
+    got = signed_graph(Triples(u, c, r, 30, 20))
+    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
+        assert torch_equal(getattr(ref, name), getattr(got, name)), name
+
+
+def torch_equal(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
