@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.importers import IMPORTERS, FormatError, write_imported  # noqa: E402
+from copl_ray.data.dataset import DatasetError  # noqa: E402
+from copl_ray.data.importers import IMPORTERS, write_imported  # noqa: E402
 from copl_ray.data.importers.job_config import ImportDatasetConfig  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def main(argv=None) -> dict:
     try:
         prompts, responses, users, annotations, stats = IMPORTERS[cfg.source](
             cfg.input, cfg.plan(), cfg.options(), cfg.seed)
-    except FormatError as exc:
+    except DatasetError as exc:  # malformed source (FormatError) or too little data for the plan
         raise SystemExit(f"error: {exc}") from None
     t_read = time.perf_counter() - t0
     summary = write_imported(cfg.output_dir, (prompts, responses, users, annotations), cfg.rows_per_shard)

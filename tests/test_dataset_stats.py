@@ -38,6 +38,7 @@ def test_divergence_mv_acc_and_room_by_hand():
     # Against the other users only: users 1 and 2 on B each face a 1-1 tie (0.5).
     np.testing.assert_allclose(per_user["mv_acc_loo"], [2 / 3, 0.75, 0.75, 0, 1])
     assert m["minority_users"] == 1 and m["minority_share"] == pytest.approx(0.2)
+    assert m["minority_users_loo"] == 1
     assert (m["mv_acc_min"], m["mv_acc_max"]) == (0.0, 1.0)
     assert m["mv_acc_mean"] == pytest.approx((2 / 3 + 3) / 5)
     assert m["aggregate_mv_accuracy"] == pytest.approx(7 / 9)

@@ -337,3 +337,19 @@ def test_sampling_gives_distinct_pairs_and_exact_counts(pool):
     assert (np.bincount(user, minlength=300) == counts).all()
     assert len(np.unique(user * pool + pair)) == len(user)
     assert pair.min() >= 0 and pair.max() < pool
+
+
+def test_ufp2_group_controversial_only_keeps_disagreeing_pairs(tmp_path):
+    src = write_jsonl(tmp_path / "uf" / "ultrachat.jsonl", uf_rows(n=80, seed=7))
+    out = tmp_path / "o"
+    run(["source=ultrafeedback", f"input={src}", f"output_dir={out}", "ultrafeedback.variant=ufp2",
+         "ultrafeedback.group_controversial_only=true", "n_context=3", *SMALL])
+    for split in ("train", "test"):
+        ann = read_annotations(out, split)
+        assert ann.num_rows and set(ann.column("kind").to_pylist()) == {"controversial"}
+
+
+def test_too_small_pool_is_a_clear_error(tmp_path):
+    src = write_jsonl(tmp_path / "c" / "batch3.json", tldr_rows(n_posts=8))
+    with pytest.raises(SystemExit, match=r"needs 50 distinct pairs but the pool holds only"):
+        run(["source=tldr", f"input={src}", f"output_dir={tmp_path / 'o'}", "n_users=4", "n_test=1"])

@@ -151,6 +151,7 @@ def divergence_stats(t: Triples, high: float = HIGH_DIVERGENCE) -> tuple[dict, d
         "mv_acc_loo_mean": float(mv_loo[has].mean()) if has.any() else float("nan"),
         "minority_users": int((mv[has] < 0.5).sum()),
         "minority_share": float((mv[has] < 0.5).mean()) if has.any() else float("nan"),
+        "minority_users_loo": int((mv_loo[has] < 0.5).sum()),
         "aggregate_mv_accuracy": aggregate,
         "consistency": consistency,
         "consistency_assumed": consistency is None,

@@ -135,7 +135,8 @@ def sample_without_replacement(rng: np.random.Generator, counts: np.ndarray, poo
     n = len(counts)
     cmax = int(counts.max()) if n else 0
     if cmax > pool_size:
-        raise DatasetError(f"a user needs {cmax} distinct pairs but the pool holds only {pool_size}")
+        raise DatasetError(f"a user needs {cmax} distinct pairs but the pool holds only {pool_size}"
+                           " (lower n_context / n_test / n_unseen_test / n_fewshot, or import more data)")
     if n == 0 or cmax == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if cmax * 4 <= pool_size:

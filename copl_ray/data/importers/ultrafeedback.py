@@ -19,7 +19,9 @@ Construction (CoPL's ``ultrafeedback_init.py`` + ``datagen_ufp.py``, whose pairs
    a fair (seeded) coin, as in CoPL.
 3. ``controversial_only`` (CoPL ran with ``-c``): keep pairs whose four aspect labels do not all
    agree. ``kind`` = whether the preset's groups disagree (UF-P-2: helpfulness vs honesty, which is
-   CoPL's recomputed flag; UF-P-4: all four).
+   CoPL's recomputed flag; UF-P-4: all four). App. D.1 says UF-P-2 "removes pairs that both user
+   groups label identically", but CoPL's code keeps them (its Table 3 reports UF-P-2's *common*
+   pairs), so we keep them too; ``group_controversial_only=true`` gives the App. D.1 reading.
 4. A seeded 10% of the prompts form the test pool; users are split evenly into the groups
    (UF-P-2: helpfulness, honesty; UF-P-4: + instruction_following, truthfulness) and label each
    pair by their group's aspect.
@@ -53,6 +55,9 @@ class UltraFeedbackOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     variant: Literal["ufp2", "ufp4"] = "ufp4"
     controversial_only: bool = Field(True, description="drop pairs on which all four aspects agree")
+    group_controversial_only: bool = Field(
+        False, description="also drop pairs the preset's groups agree on (App. D.1's UF-P-2 text; "
+                           "CoPL's code and its Table 3 keep them as 'common')")
     drop_truthful_qa: bool = Field(True, description="Argilla's cleaned set removes TruthfulQA prompts")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of prompts held out as the test pool")
 
@@ -148,6 +153,8 @@ def import_ultrafeedback(input_path: str | os.PathLike, plan: SimulationPlan, op
     gcols = [ASPECTS.index(g) for g in groups]
     sub = chosen_wins[:, gcols]
     kind = np.where(sub.all(axis=1) | (~sub).all(axis=1), "common", "controversial").astype(object)
+    if opts.group_controversial_only:
+        keep &= kind == "controversial"
 
     prompt_text, response_text, response_prompt = {}, {}, {}
     pid = np.empty(len(rows), object)
