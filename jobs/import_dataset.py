@@ -32,10 +32,10 @@ def main(argv=None) -> dict:
     try:
         prompts, responses, users, annotations, stats = IMPORTERS[cfg.source](
             cfg.input, cfg.plan(), cfg.options(), cfg.seed)
-    except DatasetError as exc:  # malformed source (FormatError) or too little data for the plan
+        t_read = time.perf_counter() - t0
+        summary = write_imported(cfg.output_dir, (prompts, responses, users, annotations), cfg.rows_per_shard)
+    except DatasetError as exc:  # malformed source (FormatError), too little data, stale output
         raise SystemExit(f"error: {exc}") from None
-    t_read = time.perf_counter() - t0
-    summary = write_imported(cfg.output_dir, (prompts, responses, users, annotations), cfg.rows_per_shard)
     metrics = {
         "source": cfg.source, "preset": cfg.preset(),
         "n_prompts": summary.n_prompts, "n_responses": summary.n_responses,

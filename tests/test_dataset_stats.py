@@ -128,3 +128,16 @@ def test_fast_graph_equals_signed_graph_from_triples():
 
 def torch_equal(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
+
+
+def test_job_rejects_a_broken_dataset_naming_the_file(tiny_dataset, tmp_path):
+    import pyarrow as pa
+    from copl_ray.data import append_annotations
+
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["mallory"], "prompt_id": ["p0"], "chosen_id": ["r0a"], "rejected_id": ["r0b"]}))
+    spec = importlib.util.spec_from_file_location("_dataset_stats", ROOT / "jobs" / "dataset_stats.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    with pytest.raises(SystemExit, match=r"append-.*\.parquet: row 0: field 'user_id' 'mallory' names an unknown user"):
+        job.main([f"dataset={tiny_dataset}", f"output_dir={tmp_path / 'o'}"])

@@ -353,3 +353,12 @@ def test_too_small_pool_is_a_clear_error(tmp_path):
     src = write_jsonl(tmp_path / "c" / "batch3.json", tldr_rows(n_posts=8))
     with pytest.raises(SystemExit, match=r"needs 50 distinct pairs but the pool holds only"):
         run(["source=tldr", f"input={src}", f"output_dir={tmp_path / 'o'}", "n_users=4", "n_test=1"])
+
+
+def test_import_refuses_to_leave_stale_splits(tmp_path):
+    src = write_jsonl(tmp_path / "c" / "batch3.json", tldr_rows())
+    out = tmp_path / "ds"
+    run(["source=tldr", f"input={src}", f"output_dir={out}", *SMALL])
+    with pytest.raises(SystemExit, match=r"annotations/fewshot from an earlier dataset"):
+        run(["source=tldr", f"input={src}", f"output_dir={out}", "tldr.users=real_workers", "n_unseen_users=0"])
+    validate_dataset(out)  # the earlier dataset is untouched

@@ -26,10 +26,13 @@ disagreement and are left out of the denominators (their count is reported); "us
 30% rule are distinct users, not annotations.
 
 Graph statistics use `SignedGraph`: connected components over all edges and over positive edges
-(scipy.sparse.csgraph, nodes without edges left out), and the share of users reachable within 2
-and 4 hops through positive edges (user -> chosen response -> user ...), by sparse matrix
+(scipy.sparse.csgraph, nodes without edges left out; ``*_largest_component_user_share``), and
+reachability through positive edges (user -> chosen response -> user ...) within 2 and 4 hops:
+``reach_{k}hop_mean_user_share`` is the mean share of the other annotating users a user reaches,
+``reach_{k}hop_users_with_neighbour`` the share of users who reach at least one other user (the
+k-hop neighbourhood CoPL's unseen-user adaptation averages over). Computed by sparse matrix
 products from up to ``reach_sources`` source users, sampled uniformly (seeded) when the graph has
-more users than that.
+more users than that (``reach_sampled``).
 """
 
 from __future__ import annotations
