@@ -33,7 +33,7 @@ from copl_ray.data.dataset import DatasetError, annotation_files, read_table
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
-__all__ = ["Triples", "BuiltGraph", "build_id_maps", "index_annotations", "build_graph"]
+__all__ = ["Triples", "BuiltGraph", "build_id_maps", "index_annotations", "split_holdout", "build_graph"]
 
 KINDS = ("common", "controversial")
 
@@ -71,6 +71,7 @@ class BuiltGraph:
     response_map: IdMap
     train: Triples
     user_group: np.ndarray  # [n_users] object array of group names (None where unknown)
+    holdout: Triples | None = None  # train annotations kept out of the graph (GNN evaluation)
     stats: dict = field(default_factory=dict)
 
 
@@ -194,21 +195,46 @@ def index_annotations(
     return Triples(cols["user"], cols["chosen"], cols["rejected"], cols.get("kind"))
 
 
-def build_graph(dataset: str | os.PathLike) -> BuiltGraph:
-    """Id maps + train triples (Ray Data) + `SignedGraph`; ``stats`` holds counts and seconds."""
+def split_holdout(triples: Triples, fraction: float, seed: int) -> tuple[Triples, Triples]:
+    """Seeded random split of triples into (kept, held out) with ``round(fraction * N)`` held out.
+
+    The held-out annotations play the paper's Table 6 test role: pairs of seen users that are not
+    reflected in the graph, over responses other users' edges usually keep in the graph.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    n = len(triples)
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 7]).permutation(n)[:int(round(fraction * n))]] = True
+    pick = lambda m: Triples(*(None if v is None else v[m] for v in  # noqa: E731
+                              (triples.user, triples.chosen, triples.rejected, triples.kind)))
+    return pick(~held), pick(held)
+
+
+def build_graph(dataset: str | os.PathLike, holdout_fraction: float = 0.0, seed: int = 0) -> BuiltGraph:
+    """Id maps + train triples (Ray Data) + `SignedGraph`; ``stats`` holds counts and seconds.
+
+    With ``holdout_fraction`` > 0 that share of ``annotations/train`` is left out of the graph and
+    of the training triples and returned as ``holdout`` (with kinds) for evaluation.
+    """
     t0 = time.perf_counter()
     user_map, response_map, groups = build_id_maps(dataset)
     t1 = time.perf_counter()
-    train = index_annotations(dataset, "train", user_map, response_map)
+    train = index_annotations(dataset, "train", user_map, response_map, with_kind=holdout_fraction > 0)
+    holdout = None
+    if holdout_fraction > 0:
+        train, holdout = split_holdout(train, holdout_fraction, seed)
+        train.kind = None
     t2 = time.perf_counter()
     graph = SignedGraph.from_triples(train.user, train.chosen, train.rejected,
                                      len(user_map), len(response_map))
     t3 = time.perf_counter()
     stats = {
         "n_users": len(user_map), "n_responses": len(response_map), "n_train_annotations": len(train),
+        "n_holdout_annotations": len(holdout) if holdout is not None else 0,
         "n_pos_edges": int(graph.pos_user.numel()), "n_neg_edges": int(graph.neg_user.numel()),
         "n_users_without_train_annotation": int(len(user_map) - np.unique(train.user).size),
         "seconds_id_maps": t1 - t0, "seconds_read_and_index": t2 - t1,
         "seconds_signed_graph": t3 - t2, "seconds_total": t3 - t0,
     }
-    return BuiltGraph(graph, user_map, response_map, train, groups, stats)
+    return BuiltGraph(graph, user_map, response_map, train, groups, holdout, stats)

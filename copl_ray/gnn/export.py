@@ -1,0 +1,97 @@
+"""Write a ``train_gnn`` output folder (``gnn_dir``, docs/ARCHITECTURE.md):
+
+```
+users.parquet          CONTRACT 3 (user_id, embedding); rows in dense-index order
+responses.parquet      CONTRACT 3 (response_id, embedding); rows in dense-index order
+user_index.parquet     IdMap of users; response_index.parquet IdMap of responses
+graph.safetensors      SignedGraph (dense indices)
+model.safetensors      weights + metadata (format_version, model kind and hyper-parameters as JSON)
+```
+
+``metrics.json`` and ``config.yaml`` are written by the job. Every file is written atomically by
+its writer, and the embedding files last, so a reader that finds ``users.parquet`` finds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from copl_ray.embeddings import write_embeddings
+from copl_ray.graph.id_map import IdMap
+from copl_ray.graph.signed_graph import SignedGraph
+
+__all__ = ["MODEL_FILE", "MODEL_FORMAT_VERSION", "write_model_file", "read_model_meta", "export_gnn_dir"]
+
+MODEL_FILE = "model.safetensors"
+MODEL_FORMAT_VERSION = "1"
+
+
+def write_model_file(model: torch.nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    """Weights of ``model`` (contiguous, shared storage split) + JSON ``meta`` in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    header = {"format_version": MODEL_FORMAT_VERSION, "model": json.dumps(meta, sort_keys=True)}
+    tmp = path.parent / f".{path.name}.tmp"
+    save_file(tensors, str(tmp), metadata=header)
+    os.replace(tmp, path)
+    return path
+
+
+def read_model_meta(path: str | os.PathLike) -> dict:
+    """The JSON ``meta`` stored by `write_model_file`; raises naming the file on a bad version."""
+    with safe_open(str(path), framework="pt") as fh:
+        header = fh.metadata() or {}
+    if header.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: model format_version {header.get('format_version')!r} is not"
+                         f" {MODEL_FORMAT_VERSION!r}")
+    return json.loads(header["model"])
+
+
+def export_gnn_dir(
+    out_dir: str | os.PathLike,
+    graph: SignedGraph,
+    user_map: IdMap,
+    response_map: IdMap,
+    e_user: torch.Tensor | np.ndarray,
+    e_resp: torch.Tensor | np.ndarray,
+    model: torch.nn.Module,
+    model_meta: dict,
+    embedding_meta: dict | None = None,
+) -> dict[str, Path]:
+    """Write the gnn_dir artifacts.
+
+    Args:
+        e_user: [n_users, d] final user embeddings e_u^(L), dense order of ``user_map``.
+        e_resp: [n_responses, d] final response embeddings e_r^(L), dense order of ``response_map``.
+        model_meta: JSON-able model description (kind, hyper-parameters) stored with the weights.
+        embedding_meta: optional producer metadata for the embedding files.
+    Returns:
+        name -> path of every file written.
+    """
+    out = Path(out_dir)
+    e_user = np.asarray(e_user.detach().cpu() if torch.is_tensor(e_user) else e_user, dtype=np.float32)
+    e_resp = np.asarray(e_resp.detach().cpu() if torch.is_tensor(e_resp) else e_resp, dtype=np.float32)
+    if e_user.shape[0] != len(user_map) or e_resp.shape[0] != len(response_map):
+        raise ValueError(f"embeddings {e_user.shape}/{e_resp.shape} do not match the id maps "
+                         f"({len(user_map)} users, {len(response_map)} responses)")
+    if e_user.shape[1] != e_resp.shape[1]:
+        raise ValueError(f"user dim {e_user.shape[1]} != response dim {e_resp.shape[1]}: no dot product")
+    paths = {
+        "user_index": user_map.save(out / "user_index.parquet"),
+        "response_index": response_map.save(out / "response_index.parquet"),
+        "graph": graph.save(out),
+        "model": write_model_file(model, out / MODEL_FILE, model_meta),
+    }
+    meta = {"producer": "train_gnn", **(embedding_meta or {})}
+    paths["responses"] = write_embeddings(out / "responses.parquet", "response_id", response_map.ids,
+                                          e_resp, meta=meta)
+    paths["users"] = write_embeddings(out / "users.parquet", "user_id", user_map.ids, e_user, meta=meta)
+    return paths

@@ -1,0 +1,360 @@
+"""Ray Train worker loop for the CoPL GNN (paper Section 4.1, Eq. 5; App. D.2) and its baselines.
+
+Each worker trains on its shard of the annotation triples (`rank_batches`): every epoch one seeded
+permutation of all triples, cut into global batches of ``batch_size`` pairs (paper: 1024) that the
+workers split evenly, so 1 and 2 workers take the same steps over the same pairs.
+
+Embeddings for a batch come from either
+- ``mode="sampled"`` (default): a ``NeighborSampler`` neighbourhood of the batch's users and
+  responses with ``fanouts[l]`` neighbours per sign and layer, or
+- ``mode="full"``: full-graph propagation for every batch (the official implementation's way).
+
+Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch; the paper's
+lambda ||theta||^2 is AdamW's decoupled weight decay (``weight_decay``). AdamW with a cosine
+schedule and linear warm-up (ratio 0.1). Gradients are synchronized with DDP
+(``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU): dense all-reduce of every table.
+
+The graph and the triples reach the workers through the object store (one ``ray.put`` on the
+driver, zero-copy numpy on each worker). Rank 0 writes a checkpoint at the end of every epoch
+(model, optimizer, scheduler, history); after a worker failure Ray Train restarts the group
+(``FailureConfig``) and ``ray.train.get_checkpoint()`` resumes at the next epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field, model_validator
+
+from copl_ray.config import JobConfig
+from copl_ray.graph.signed_graph import SignedGraph
+
+MODELS = ("copl", "learnable", "uniform", "lore")
+
+
+class TrainGNNConfig(JobConfig):
+    """jobs/train_gnn.py: train CoPL's signed GNN (or a baseline) and export embeddings.
+
+    Defaults are sized for one small CPU machine (d=64, L=2, 20 epochs, 2 workers);
+    ``configs/train_gnn/paper.yaml`` holds the paper's d=512, L=4, lr 1e-4, 300 epochs.
+    """
+
+    dataset: str
+    output_dir: str
+    model: Literal["copl", "learnable", "uniform", "lore"] = "copl"
+    dim: int = Field(64, ge=1, description="embedding size d (paper: 512)")
+    num_layers: int = Field(2, ge=1, description="message-passing layers L (paper: 4)")
+    model_options: dict = Field(default_factory=dict, description="extra model config fields")
+    mode: Literal["sampled", "full"] = "sampled"
+    fanouts: list[int] = Field(default_factory=lambda: [10, 10],
+                               description="neighbours per sign per layer, outermost hop last")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=1, description="global pairs per step, split across workers")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decay: Eq. 5's lambda ||theta||^2")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(None, gt=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    max_failures: int = Field(1, ge=0)
+    storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
+    seed: int = 0
+    holdout_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "share of annotations/train kept out of the graph and scored as gnn_holdout_accuracy"
+        " (paper Table 6: pairs not reflected in the graph); the per-epoch accuracy uses it"))
+    eval_every_steps: int = Field(0, ge=0, description="test accuracy every N steps (0: per epoch)")
+    stop_at_accuracy: float | None = Field(None, gt=0, le=1,
+                                           description="stop once test accuracy reaches this (benchmarks)")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="benchmarks: cut epochs short")
+    fail_at_epoch: int | None = Field(None, ge=0, description="testing: raise once at this epoch's start")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.mode == "sampled" and self.model == "copl" and len(self.fanouts) != self.num_layers:
+            raise ValueError(f"fanouts has {len(self.fanouts)} entries but num_layers={self.num_layers};"
+                             " give one fan-out per layer (or mode=full)")
+        if any(f < 1 for f in self.fanouts):
+            raise ValueError(f"fanouts must be >= 1, got {self.fanouts}")
+        if self.batch_size < self.num_workers:
+            raise ValueError(f"batch_size={self.batch_size} < num_workers={self.num_workers}")
+        if self.fail_at_epoch is not None and self.fail_at_epoch >= self.epochs:
+            raise ValueError(f"fail_at_epoch={self.fail_at_epoch} must be < epochs={self.epochs}")
+        return self
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over ``ceil(warmup_ratio * total_steps)`` steps, then cosine decay to 0."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def graph_from_arrays(arrays: dict, n_users: int, n_responses: int) -> SignedGraph:
+    """SignedGraph over object-store numpy arrays without copying them (read-only views)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns on read-only buffers; never written
+        t = {k: torch.from_numpy(arrays[k]) for k in ("pos_user", "pos_response", "neg_user", "neg_response")}
+    return SignedGraph(n_users, n_responses, t["pos_user"], t["pos_response"], t["neg_user"], t["neg_response"])
+
+
+def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's triple positions for each step of one epoch.
+
+    One seeded permutation per epoch (identical on every rank) is cut into global batches of
+    ``cfg.batch_size``; rank r takes positions r, r+W, ... of each global batch. So the ranks of a
+    step together see exactly the batch one worker would, and the DDP mean of their gradients is
+    the one-worker gradient (up to float summation order). The permutation is padded by wrapping
+    to a multiple of the world size so no rank gets an empty batch.
+    """
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+    pad = (-n) % world
+    if pad:
+        perm = np.concatenate([perm, perm[:pad]])
+    batch = -(-cfg.batch_size // world) * world
+    out = [perm[s:s + batch][rank::world] for s in range(0, len(perm), batch)]
+    return out[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+# ----------------------------------------------------------------------------- worker loop
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker.
+
+    ``config = {"job": TrainGNNConfig as dict, "data": ObjectRef of a dict of numpy arrays
+    (graph edges ``pos_user``..., train triples ``train_user/train_chosen/train_rejected``, the
+    pairs scored each epoch ``eval_user/eval_chosen/eval_rejected``, ``response_in_graph``),
+    "n_users": int, "n_responses": int}``.
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from copl_ray.eval.gnn_metrics import gnn_accuracy
+
+    cfg = TrainGNNConfig.model_validate(config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    data = config["data"]
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    n_users, n_responses = int(config["n_users"]), int(config["n_responses"])
+    graph = graph_from_arrays(data, n_users, n_responses)
+    train_u, train_a, train_b = data["train_user"], data["train_chosen"], data["train_rejected"]
+    n_train = len(train_u)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg, n_users, n_responses).to(device)
+    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    spe = len(rank_batches(n_train, 0, cfg, rank, world))
+    scheduler = cosine_with_warmup(optimizer, spe * cfg.epochs, cfg.warmup_ratio)
+    sampler = None
+    if cfg.mode == "sampled":
+        from copl_ray.gnn.sampler import NeighborSampler
+
+        sampler = NeighborSampler(graph, list(cfg.fanouts), seed=cfg.seed * 1000 + rank)
+
+    state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0,
+             "restored_from_epoch": None, "stopped_early": False}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            blob = torch.load(os.path.join(folder, "train_state.pt"), map_location=device, weights_only=False)
+        _unwrap(model).load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        scheduler.load_state_dict(blob["scheduler"])
+        state = blob["state"]
+        state["restored_from_epoch"] = state["epoch"]
+
+    def evaluate() -> float:
+        e_user, e_resp = embed_all(_unwrap(model), graph)
+        acc = gnn_accuracy(e_user.cpu(), e_resp.cpu(), data["eval_user"], data["eval_chosen"],
+                           data["eval_rejected"], data["response_in_graph"])
+        return acc["accuracy"]
+
+    def stop_flag(value: bool) -> bool:
+        flag = torch.tensor([1.0 if value else 0.0])
+        if world > 1:
+            dist.broadcast(flag, src=0)  # rank 0 decides; every rank must leave the loop together
+        return bool(flag.item())
+
+    model.train()
+    stop = False
+    for epoch in range(state["epoch"], cfg.epochs):
+        if cfg.fail_at_epoch is not None and epoch == cfg.fail_at_epoch and state["restored_from_epoch"] is None:
+            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
+        losses = []
+        t_epoch = time.perf_counter()
+        for idx in rank_batches(n_train, epoch, cfg, rank, world):
+            u, a, r = (torch.from_numpy(x[idx]).to(device) for x in (train_u, train_a, train_b))
+            s_a, s_b = batch_scores(model, graph, u, a, r, sampler=sampler, device=device)
+            loss = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            losses.append(float(loss.detach()))
+            if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
+                state["train_seconds"] += time.perf_counter() - t_epoch
+                acc = evaluate() if rank == 0 else float("nan")
+                state["evals"].append({"step": state["step"], "train_seconds": state["train_seconds"],
+                                       "test_accuracy": acc})
+                stop = stop_flag(cfg.stop_at_accuracy is not None and acc >= cfg.stop_at_accuracy)
+                t_epoch = time.perf_counter()  # evaluation time is not training time
+                if stop:
+                    break
+        state["train_seconds"] += time.perf_counter() - t_epoch
+        loss_mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
+        if world > 1:
+            dist.all_reduce(loss_mean)
+            loss_mean /= world
+        acc = evaluate() if rank == 0 else float("nan")
+        state["history"].append({"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc,
+                                 "steps": state["step"], "train_seconds": state["train_seconds"]})
+        state["epoch"] = epoch + 1
+        if not stop and cfg.stop_at_accuracy is not None and not cfg.eval_every_steps:
+            stop = stop_flag(acc >= cfg.stop_at_accuracy)
+        state["stopped_early"] = bool(stop)
+        metrics = {"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "state": state},
+                           os.path.join(tmp, "train_state.pt"))
+                Path(tmp, "train_state.json").write_text(json.dumps(state))
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            break
+
+
+# ----------------------------------------------------------------------------- model harness
+
+
+def build_model(cfg: TrainGNNConfig, n_users: int, n_responses: int) -> torch.nn.Module:
+    """The model named by ``cfg.model``; all four score pairs by a user-response dot product."""
+    from copl_ray.gnn import baselines
+    from copl_ray.gnn.model import CoPLGNN, GNNConfig
+
+    if cfg.model == "copl":
+        return CoPLGNN(GNNConfig(n_users=n_users, n_responses=n_responses, dim=cfg.dim,
+                                 num_layers=cfg.num_layers, **cfg.model_options))
+    cls = {"learnable": baselines.LearnableEmbeddings, "uniform": baselines.UniformScores,
+           "lore": baselines.LoRe}[cfg.model]
+    return cls(n_users=n_users, n_responses=n_responses, dim=cfg.dim, **cfg.model_options)
+
+
+def _is_gnn(model: torch.nn.Module) -> bool:
+    from copl_ray.gnn.model import CoPLGNN
+
+    return isinstance(_unwrap(model), CoPLGNN)
+
+
+def batch_scores(model, graph: SignedGraph, user: torch.Tensor, chosen: torch.Tensor,
+                 rejected: torch.Tensor, sampler=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_{u,a} [B], s_{u,b} [B]) for a batch of triples (dense indices, each [B]).
+
+    GNN: embeddings over the sampled neighbourhood of the batch's users and responses (``sampler``)
+    or over the full graph (``sampler=None``). Baselines have no propagation and score directly.
+    """
+    from copl_ray.gnn.sampler import SignedEdges
+
+    if not _is_gnn(model):
+        # One forward for both sides: DDP allows one forward per backward.
+        s = model(torch.cat([user, user]), torch.cat([chosen, rejected]))
+        return s[:len(user)], s[len(user):]
+    if sampler is None:
+        e_user, e_resp = model(SignedEdges.from_graph(graph).to(device))
+        e_u = e_user[user]
+        return (e_u * e_resp[chosen]).sum(-1), (e_u * e_resp[rejected]).sum(-1)
+    seed_users, inv_u = torch.unique(user, return_inverse=True)
+    seed_resps, inv_r = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+    sub = sampler.sample(seed_users.cpu(), seed_resps.cpu())
+    e_user, e_resp = model(sub.edges.to(device), sub.user_nodes.to(device), sub.resp_nodes.to(device))
+    # The sampler puts the seeds first, in the order given, so seed i is local row i.
+    e_u = e_user[inv_u]
+    b = len(chosen)
+    return (e_u * e_resp[inv_r[:b]]).sum(-1), (e_u * e_resp[inv_r[b:]]).sum(-1)
+
+
+@torch.no_grad()
+def embed_all(model: torch.nn.Module, graph: SignedGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """All final embeddings (e_user [n_users, d], e_resp [n_responses, d]), eval mode."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    out = model.embed_all(graph)
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int):
+    """Fit on Ray Train; returns (``ray.train.Result``, the last checkpoint's training state).
+
+    ``data_ref``: object ref of the arrays `train_loop_per_worker` documents.
+    """
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = Path(cfg.storage_path or Path(cfg.output_dir) / "ray").resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg.model_dump(mode="json"), "data": data_ref,
+                           "n_users": n_users, "n_responses": n_responses},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            storage_path=str(storage),
+            # A fresh name per run: Ray Train V2 would resume a finished run of the same name.
+            name=f"train_gnn-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training under {storage} ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = json.loads(Path(folder, "train_state.json").read_text())
+    return result, state
+
+
+def load_trained_model(cfg: TrainGNNConfig, checkpoint, graph: SignedGraph):
+    """(model, e_user [n_users, d], e_resp [n_responses, d]) from a training checkpoint."""
+    model = build_model(cfg, graph.n_users, graph.n_responses)
+    with checkpoint.as_directory() as folder:
+        blob = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=False)
+    model.load_state_dict(blob["model"])
+    e_user, e_resp = embed_all(model, graph)
+    return model, e_user, e_resp

@@ -1,0 +1,161 @@
+"""GNN training on Ray Train (jobs/train_gnn.py, copl_ray.gnn.train/export, copl_ray.eval.gnn_metrics).
+
+Unit tests (no Ray): batch partition across ranks, schedule, config rules, the accuracy metric on
+hand-computed cases, the export layout. Integration tests (real Ray, 2 CPU workers): 2 workers
+lower the loss and agree with 1 worker; a worker killed mid-training resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from copl_ray.config import ConfigError, load_config
+from copl_ray.eval.gnn_metrics import gnn_accuracy
+from copl_ray.gnn.train import TrainGNNConfig, cosine_with_warmup, rank_batches
+
+
+def _cfg(**kw) -> TrainGNNConfig:
+    return TrainGNNConfig(dataset="d", output_dir="o", **kw)
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+def test_ranks_split_exactly_the_one_worker_batches():
+    cfg = _cfg(batch_size=8)
+    one = rank_batches(21, epoch=3, cfg=cfg, rank=0, world=1)
+    two = [rank_batches(21, epoch=3, cfg=cfg, rank=r, world=2) for r in range(2)]
+    assert len(one) == len(two[0]) == len(two[1]) == 3
+    for step, batch in enumerate(one):
+        joined = np.concatenate([two[0][step], two[1][step]])
+        # 21 pairs pad to 22 for two workers: one wrapped pair in the last batch is the only extra.
+        extra = len(joined) - len(batch)
+        assert set(batch) <= set(joined) and len(set(joined) - set(batch)) == extra
+        assert extra == (1 if step == 2 else 0)
+        assert len(two[0][step]) == len(two[1][step])
+    assert sorted(np.concatenate(one)) == list(range(21))
+    # A new epoch reshuffles; the same epoch is the same on every call.
+    assert not np.array_equal(one[0], rank_batches(21, 4, cfg, 0, 1)[0])
+    assert np.array_equal(one[0], rank_batches(21, 3, cfg, 0, 1)[0])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_config_rules_name_the_fields(tmp_path):
+    with pytest.raises(ValueError, match="fanouts has 3 entries but num_layers=2"):
+        _cfg(fanouts=[5, 5, 5], num_layers=2)
+    _cfg(fanouts=[5, 5, 5], num_layers=2, mode="full")  # fan-outs unused in full-graph mode
+    with pytest.raises(ValueError, match="fail_at_epoch=5 must be < epochs=5"):
+        _cfg(epochs=5, fail_at_epoch=5)
+    with pytest.raises(ConfigError, match="modle"):
+        load_config(TrainGNNConfig, None, ["dataset=d", "output_dir=o", "modle=copl"])
+
+
+def test_accuracy_counts_in_graph_pairs_ties_half_and_splits():
+    e_user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    e_resp = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0], [5.0, 5.0]])
+    in_graph = np.array([True, True, True, False])
+    user = np.array([0, 0, 1, 1, 0])
+    chosen = np.array([0, 1, 1, 2, 3])
+    rejected = np.array([1, 2, 2, 0, 0])
+    # margins: u0 (0 vs 1) +2; u0 (1 vs 2) -1; u1 (1 vs 2) +1; u1 (2 vs 0) +1; pair 4 not in graph.
+    kind = np.array([0, 1, 1, -1, 0], dtype=np.int8)
+    groups = np.array(["a", "b"], dtype=object)
+    out = gnn_accuracy(e_user, e_resp, user, chosen, rejected, in_graph, kind=kind, user_group=groups)
+    assert out["accuracy"] == pytest.approx(3 / 4)
+    assert out["n_pairs"] == 4 and out["coverage"] == pytest.approx(4 / 5)
+    assert out["by_kind"]["common"]["accuracy"] == 1.0
+    assert out["by_kind"]["controversial"]["accuracy"] == 0.5
+    assert out["by_kind"]["unknown"]["n_pairs"] == 1
+    assert out["by_group"] == {"a": {"accuracy": 0.5, "n_pairs": 2}, "b": {"accuracy": 1.0, "n_pairs": 2}}
+    # Equal scores are half right: a model that cannot tell two responses apart scores 50%.
+    tie = gnn_accuracy(torch.zeros(2, 2), e_resp, user, chosen, rejected, in_graph)
+    assert tie["accuracy"] == 0.5 and tie["ties"] == 4
+    none = gnn_accuracy(e_user, e_resp, user, chosen, rejected, np.zeros(4, bool))
+    assert math.isnan(none["accuracy"]) and none["coverage"] == 0.0
+
+
+# ----------------------------------------------------------------------------- integration
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """200 users over 4 UF-P-4 groups, 16 annotations each on a 300-pair survey (dense overlap)."""
+    from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("gnn") / "ufp4"
+    generate_dataset(SyntheticSpec(preset="ufp4", n_users=200, survey_size=300, n_unseen_users=4,
+                                   test_pairs_per_unseen_user=5, seed=0), root)
+    return root
+
+
+def _train(dataset, out, *extra):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_gnn_job", Path(__file__).resolve().parents[1] / "jobs" / "train_gnn.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job.main([f"dataset={dataset}", f"output_dir={out}", "batch_size=256", "lr=0.01",
+                     "holdout_fraction=0.1", "dim=32", *extra])
+
+
+@pytest.mark.integration
+def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_dataset, tmp_path):
+    from copl_ray.embeddings import read_embeddings
+
+    common = ["mode=full", "epochs=6"]
+    two = _train(small_dataset, tmp_path / "w2", "num_workers=2", *common)
+    one = _train(small_dataset, tmp_path / "w1", "num_workers=1", *common)
+    assert two["epoch_loss"][-1] < 0.7 * two["epoch_loss"][0]
+    assert two["gnn_holdout_accuracy"] > 0.75  # chance is 0.5
+    assert abs(two["gnn_holdout_accuracy"] - one["gnn_holdout_accuracy"]) <= 0.01
+    # Same global batches, DDP-averaged gradients: the two runs train the same model.
+    _, e2 = read_embeddings(tmp_path / "w2" / "users.parquet")
+    _, e1 = read_embeddings(tmp_path / "w1" / "users.parquet")
+    assert np.abs(e2 - e1).max() <= 1e-3 * max(1.0, np.abs(e1).max())
+
+
+@pytest.mark.integration
+def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_dataset, tmp_path):
+    from copl_ray.embeddings import read_embeddings
+    from copl_ray.gnn.export import read_model_meta
+    from copl_ray.graph.id_map import IdMap
+    from copl_ray.graph.signed_graph import SignedGraph
+
+    out = tmp_path / "resume"
+    m = _train(small_dataset, out, "num_workers=2", "epochs=3", "fail_at_epoch=2", "fanouts=[5,5]")
+    assert m["resumed_from_epoch"] == 2  # epochs 0-1 came from the checkpoint, not a rerun
+    assert m["epochs_run"] == 3 and len(m["epoch_loss"]) == 3
+    assert m["epoch_loss"][2] < m["epoch_loss"][0]
+    # gnn_dir layout (docs/ARCHITECTURE.md): embeddings in dense id-map order, graph, model.
+    users = IdMap.load(out / "user_index.parquet")
+    ids, emb = read_embeddings(out / "users.parquet")
+    assert ids.to_pylist() == users.ids.to_pylist() and emb.shape == (200, 32)
+    seen = pq.read_table(small_dataset / "users.parquet").to_pandas().query("split == 'seen'")
+    assert ids.to_pylist() == seen.user_id.tolist()
+    rids, remb = read_embeddings(out / "responses.parquet")
+    assert len(rids) == pq.read_metadata(small_dataset / "responses.parquet").num_rows
+    graph = SignedGraph.load(out)
+    assert graph.n_users == 200 and graph.num_edges == 2 * m["graph"]["n_train_annotations"]
+    assert read_model_meta(out / "model.safetensors")["model"] == "copl"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["gnn_test_pairs"]["total"] == 2000 and "gnn_holdout_accuracy_by_group" in saved
