@@ -73,11 +73,11 @@ def _models(cfg: EvaluateConfig, train) -> dict:
         out = {}
         for group, sub in index.items():
             rm = load_reward_model(reward_dir / sub / "model")
-            out[group] = UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), rm.cfg.user_dim), False)
+            out[group] = UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), 1), False)
         return out
     rm = load_reward_model(reward_dir / "model")
     if train.method == "uniform":
-        return {None: UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), rm.cfg.user_dim), False)}
+        return {None: UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), 1), False)}
     if train.method == "no_gnn":
         ids, emb = read_embeddings(reward_dir / LEARNED_USERS_FILE, "user_id")
         return {None: UserConditionedRM(rm, IdMap(ids), torch.from_numpy(emb), False)}
@@ -179,7 +179,7 @@ def _plots(cfg: EvaluateConfig, models: dict, seen: PairTable, experts, out: Pat
     if experts is not None:
         # One row per user: the gate depends on the user only, so any of their pairs gives it.
         _, first = np.unique(seen.user_id.astype(str), return_index=True)
-        n_experts = int(getattr(models[None].rm.cfg, "n_experts", int(experts.max()) + 1))
+        n_experts = models[None].rm.cfg.num_experts
         path = plots.expert_heatmap(experts[first], seen.group[first], n_experts, out / "expert_allocation.png")
         written["expert_allocation"] = path.name
     return written

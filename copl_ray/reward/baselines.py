@@ -66,6 +66,8 @@ class UserConditionedRM(nn.Module):
         return self.user_table(user_index) if self.learnable else self.user_buffer[user_index]
 
     def forward(self, input_ids, attention_mask, user_index):
+        if self.rm.cfg.mode == "lora":  # Uniform / G-Oracle: the user is not an input
+            return self.rm(input_ids, attention_mask, None)
         return self.rm(input_ids, attention_mask, self.user_embeddings(user_index))
 
     def export_users(self, out_dir: str | os.PathLike) -> Path | None:
@@ -95,7 +97,8 @@ def reward_model_config(cfg, user_dim: int):
 
     fields = dict(cfg.model)
     fields["mode"] = MODE_OF_METHOD[cfg.method]
-    fields["user_dim"] = user_dim
+    fields["user_dim"] = user_dim if fields["mode"] != "lora" else None
+    fields.setdefault("gradient_checkpointing", cfg.gradient_checkpointing)
     return RewardModelConfig(**fields)
 
 
@@ -114,8 +117,8 @@ def build_model(cfg) -> tuple[UserConditionedRM, object]:
         g = torch.Generator().manual_seed(cfg.seed)
         if cfg.method == "no_gnn":
             emb, learnable = torch.randn(len(users), dim, generator=g) * 0.02, True
-        else:
-            emb, learnable = torch.zeros(len(users), dim), False
+        else:  # Uniform / G-Oracle ignore the user: a 1-wide placeholder table keeps one harness
+            emb, learnable = torch.zeros(len(users), 1), False
     rm = PersonalRewardModel(reward_model_config(cfg, emb.shape[1]))
     return UserConditionedRM(rm, users, emb, learnable), rm.tokenizer
 

@@ -59,9 +59,10 @@ class TrainRewardConfig(JobConfig):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    aux_loss_weight: float = Field(0.01, ge=0, description="weight of the gate's load-balancing loss")
+    aux_loss_weight: float = Field(0.01, ge=0, description="weight of the gate's load-balancing loss "
+                                   "(only reported with model.load_balancing=true; the paper uses none)")
     user_dim: int = Field(64, ge=1, description="learnable user embedding size when there is no gnn_dir")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="activation checkpointing in the backbone")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = end of each epoch")
@@ -76,8 +77,14 @@ class TrainRewardConfig(JobConfig):
     def _check(self):
         if self.method in ("copl", "no_mole") and self.gnn_dir is None:
             raise ValueError(f"method={self.method!r} needs gnn_dir (the GNN user embeddings)")
-        if self.method == "g_oracle" and self.model.get("mode", "lora") != "lora":
-            raise ValueError("method='g_oracle' trains plain LoRA models; drop model.mode")
+        if "mode" in self.model or "user_dim" in self.model:
+            raise ValueError("model.mode and model.user_dim are set by method and the user table; drop them")
+        from copl_ray.reward.model import RewardModelConfig
+
+        try:  # typos in model.* fail here, at config load, not inside a Ray worker
+            RewardModelConfig(**self.model, mode="mole", user_dim=1)
+        except ValueError as exc:
+            raise ValueError(f"model: {exc}") from None
         return self
 
 
@@ -156,11 +163,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     model, tokenizer_owner = build_model(cfg)
     data = prepare_training_data(cfg, model, tokenizer_owner)
-    if cfg.gradient_checkpointing:
-        backbone = getattr(model.rm, "backbone", None)
-        if backbone is None or not hasattr(backbone, "gradient_checkpointing_enable"):
-            raise ValueError("gradient_checkpointing=true but the model's backbone does not support it")
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     model = shard_model(model, device.type, world, bf16=cfg.use_gpu)
     trainable = [p for p in model.parameters() if p.requires_grad]
