@@ -137,7 +137,12 @@ class PersonalRewardModel(nn.Module):
         self.head = nn.Linear(hidden, 1, dtype=dtype)
         nn.init.zeros_(self.head.bias)
         if cfg.gradient_checkpointing:
-            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Non-reentrant: recomputation must see the gate's graph (a tensor from outside the layer).
+            enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+            if enable is not None:  # transformers >= 5.x name; the old one is a deprecated alias
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _wrap_targets(self, experts: int, dtype) -> list[str]:
         cfg = self.cfg
