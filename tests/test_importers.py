@@ -86,6 +86,9 @@ def test_tldr_simulated_users_prefer_their_length(tmp_path):
     users = read_table(out, "users")
     group = dict(zip(users.column("user_id").to_pylist(), users.column("group").to_pylist()))
     assert sorted(set(group.values())) == ["long", "short"]
+    for split, n in (("seen", 20), ("unseen", 2)):  # groups split evenly, seen and unseen alike
+        g = pc.filter(users.column("group"), pc.equal(users.column("split"), split)).to_pylist()
+        assert g.count("short") == g.count("long") == n
     for split in ("train", "test", "fewshot", "test_unseen"):
         ann = read_annotations(out, split).to_pylist()
         assert ann

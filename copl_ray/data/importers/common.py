@@ -198,9 +198,10 @@ class SimulationPlan:
     n_fewshot: int | None = None  # defaults to n_context (paper: 8 or 16 few-shot annotations)
 
 
-def even_groups(n: int, groups: Sequence[str]) -> np.ndarray:
-    """Users split evenly into contiguous blocks, one per group (paper: 5,000 short then 5,000 long)."""
-    return np.asarray(groups, dtype=object)[(np.arange(n) * len(groups)) // max(n, 1)]
+def even_groups(n: int, n_groups: int) -> np.ndarray:
+    """Group index [n] of users split evenly into contiguous blocks (paper: users 0-4,999 short,
+    5,000-9,999 long); unseen users are split the same way ("evenly distributed")."""
+    return (np.arange(n) * n_groups) // max(n, 1)
 
 
 def simulate_users(plan: SimulationPlan, train: PairPool, test: PairPool,

@@ -39,7 +39,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from copl_ray.data.importers.common import (
-    FormatError, PairPool, SimulationPlan, iter_json_records, located, pool_tables, require,
+    FormatError, PairPool, SimulationPlan, even_groups, iter_json_records, located, pool_tables, require,
     simulate_users, source_files, stable_id, users_table,
 )
 
@@ -157,8 +157,8 @@ def import_tldr(input_path: str | os.PathLike, plan: SimulationPlan, opts: TldrO
             stats[f"{name}_pairs"] = len(arr)
         if not len(pools["train"]) or not len(pools["test"]):
             raise FormatError(f"{input_path}: need train and valid rows; pools {stats}")
-        groups_seen = np.asarray(GROUPS, object)[(np.arange(plan.n_users) * 2) // plan.n_users]
-        groups_unseen = np.asarray(GROUPS, object)[(np.arange(plan.n_unseen_users) * 2) // max(plan.n_unseen_users, 1)]
+        groups_seen = np.asarray(GROUPS, object)[even_groups(plan.n_users, len(GROUPS))]
+        groups_unseen = np.asarray(GROUPS, object)[even_groups(plan.n_unseen_users, len(GROUPS))]
         short_seen, short_unseen = groups_seen == "short", groups_unseen == "short"
         (seen_ids, unseen_ids), ann = simulate_users(
             plan, pools["train"], pools["test"],

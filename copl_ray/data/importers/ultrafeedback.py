@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from copl_ray.data.importers.common import (
-    FormatError, PairPool, SimulationPlan, iter_json_records, located, pool_tables, require,
+    FormatError, PairPool, SimulationPlan, even_groups, iter_json_records, located, pool_tables, require,
     simulate_users, source_files, split_prompts, stable_id, users_table,
 )
 
@@ -175,8 +175,7 @@ def import_ultrafeedback(input_path: str | os.PathLike, plan: SimulationPlan, op
     if not len(pools["train"]) or not len(pools["test"]):
         raise FormatError(f"{input_path}: too few pairs for a train and a test pool ({stats})")
 
-    g_seen = (np.arange(plan.n_users) * len(groups)) // plan.n_users
-    g_unseen = (np.arange(plan.n_unseen_users) * len(groups)) // max(plan.n_unseen_users, 1)
+    g_seen, g_unseen = even_groups(plan.n_users, len(groups)), even_groups(plan.n_unseen_users, len(groups))
     (seen_ids, unseen_ids), ann = simulate_users(
         plan, pools["train"], pools["test"],
         lambda u, p, pool: pool.data["first_wins"][p, g_seen[u]],
