@@ -99,6 +99,8 @@ def test_tldr_simulated_users_prefer_their_length(tmp_path):
     train = read_annotations(out, "train")
     per_user = pc.value_counts(train.column("user_id")).field("counts").to_numpy()
     assert (per_user == 8).all()  # ALL mode: n_context = 8 for TL;DR
+    n_train = pq.read_table(out / "users.parquet").column("n_train").to_pylist()
+    assert n_train == [8] * 40 + [8] * 4  # seen: train annotations; unseen: few-shot annotations
 
 
 def test_tldr_is_deterministic_per_seed(tmp_path):

@@ -15,8 +15,9 @@ each prompt; raw scores of ``reward_models`` (default gemma_7b, mistral_weqweasd
 oasst_deberta_v3); every pair of them is kept only if the reward models disagree on its order
 (one says first > second, another first < second), i.e. not Pareto-dominated. Each user has
 weights w ~ Dirichlet(alpha * 1) over the reward models (alpha 0.1) and prefers the response with
-the larger w . scores. Users have no group; their weights are written to ``users.parquet`` as the
-extra column ``weights``. Every kept pair is ``controversial`` (its dimensions disagree).
+the larger w . scores. Users have no group; ``users.parquet`` gets the extra columns ``weights``
+and ``dominant_dimension`` (the reward model with the largest weight). Every kept pair is
+``controversial`` (its dimensions disagree).
 
 Interpretations / departures: a pair on which the models tie on some dimension and never disagree
 counts as dominated (dropped); an exact tie w.(s_a - s_b) = 0 goes to the second response; no
@@ -174,7 +175,9 @@ def import_personalllm(input_path: str | os.PathLike, plan: SimulationPlan, opts
         lambda u, p, pool: np.einsum("nm,nm->n", w_unseen[u], pool.data["diff"][p]) > 0, rng,
     )
     weights = np.concatenate([w_seen, w_unseen]).astype(np.float32)
-    extra = {"weights": pa.FixedSizeListArray.from_arrays(pa.array(weights.ravel(), pa.float32()), m)}
+    extra = {"weights": pa.FixedSizeListArray.from_arrays(pa.array(weights.ravel(), pa.float32()), m),
+             # the reward model a user weighs most, for group-wise views of a group-less dataset
+             "dominant_dimension": pa.array(np.asarray(opts.reward_models, object)[weights.argmax(axis=1)], pa.string())}
     users = users_table(seen_ids, unseen_ids, None, None, extra)
     prompts, responses = pool_tables(list(pools.values()), prompt_text, response_text, response_prompt)
     stats["reward_models"] = list(opts.reward_models)
