@@ -367,3 +367,41 @@ def test_import_refuses_to_leave_stale_splits(tmp_path):
     with pytest.raises(SystemExit, match=r"annotations/fewshot from an earlier dataset"):
         run(["source=tldr", f"input={src}", f"output_dir={out}", "tldr.users=real_workers", "n_unseen_users=0"])
     validate_dataset(out)  # the earlier dataset is untouched
+
+
+def test_real_workers_kind_marks_agreement_between_workers(tmp_path):
+    def rec(worker, post, a, b, choice, split="train"):
+        return {"info": {"post": post}, "summaries": [{"text": a, "policy": "sup2"}, {"text": b, "policy": "sup2"}],
+                "choice": choice, "worker": worker, "split": split}
+
+    rows = [rec("A", "p1", " x", " yy", 0), rec("B", "p1", " yy", " x", 1),   # same pair, agree
+            rec("A", "p2", " u", " vv", 0), rec("B", "p2", " u", " vv", 1),   # same pair, disagree
+            rec("A", "p3", " s", " tt", 1),                                   # one worker only
+            rec("A", "p4", " m", " nn", 0, "valid1"), rec("B", "p4", " m", " nn", 0, "valid2")]
+    src = write_jsonl(tmp_path / "batch5.json", rows)
+    out = tmp_path / "o"
+    run(["source=tldr", f"input={src}", f"output_dir={out}", "tldr.users=real_workers"])
+    texts = _texts(out)
+    prompt_text = dict(zip(*read_table(out, "prompts").to_pydict().values()))
+    kinds = {(r["user_id"], prompt_text[r["prompt_id"]], texts[r["chosen_id"]]): r["kind"]
+             for s in ("train", "test") for r in read_annotations(out, s).to_pylist()}
+    assert kinds == {("A", "p1", " x"): "common", ("B", "p1", " x"): "common",
+                     ("A", "p2", " u"): "controversial", ("B", "p2", " vv"): "controversial",
+                     ("A", "p3", " tt"): None, ("A", "p4", " m"): "common", ("B", "p4", " m"): "common"}
+
+
+@pytest.mark.parametrize("source", ["ultrafeedback", "personalllm"])
+def test_import_is_deterministic_per_seed(tmp_path, source):
+    if source == "ultrafeedback":
+        src = write_jsonl(tmp_path / "uf" / "flan.jsonl", uf_rows(n=60, seed=2))
+    else:
+        src = tmp_path / "plm.parquet"  # one file: the test pool is a seeded share of its prompts
+        pq.write_table(plm_table(60, 4), src)
+    outs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        run([f"source={source}", f"input={src}", f"output_dir={tmp_path / name}", f"seed={seed}",
+             "n_context=4", *SMALL])
+        outs.append([read_annotations(tmp_path / name, s) for s in ("train", "test", "fewshot", "test_unseen")]
+                    + [pq.read_table(tmp_path / name / "users.parquet")])
+    assert all(x.equals(y) for x, y in zip(outs[0], outs[1]))
+    assert not all(x.equals(y) for x, y in zip(outs[0], outs[2]))
