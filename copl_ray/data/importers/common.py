@@ -4,7 +4,7 @@ vectorized construction of simulated users and their annotations (paper Sec. 5.1
 Every importer reduces its source to *pair pools*: a ``train`` pool (the survey set that seen users
 annotate and unseen users draw their few-shot pairs from) and a ``test`` pool (held-out pairs). A
 pool is a table of unordered response pairs ``(prompt_id, first_id, second_id)``; who prefers which
-response is decided per user by an ``orient(user_index, pair_index) -> first_wins [N] bool``
+response is decided per user by an ``orient(user [N], pair [N], pool) -> first_wins [N] bool``
 function, so labels are computed for millions of annotations in one numpy call. Per-pair data the
 labelling needs (aspect labels, reward-model score differences) travels in ``PairPool.data``.
 """

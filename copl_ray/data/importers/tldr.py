@@ -17,8 +17,8 @@ Two ways to get users (``users`` option):
 * ``real_workers`` (LoRe): each of the ``top_workers`` workers is a user with their real choices;
   train rows go to ``train`` (or ``fewshot`` for the ``n_unseen_users`` workers held out as
   unseen, who give ``n_fewshot`` of them), valid rows to ``test`` / ``test_unseen``. ``kind`` is
-  ``common``/``controversial`` for pairs that two or more workers labelled (agreeing or not), else
-  null.
+  ``common``/``controversial`` for pairs labelled two or more times (all labels agree or not; a
+  worker repeating a pair counts twice), else null.
 
 Departures: no 1024-token filter (it needs gemma's tokenizer; ``max_chars`` is a tokenizer-free
 stand-in, off by default); pairs of equal length or identical text are dropped in simulated mode
@@ -176,7 +176,7 @@ def _real_workers(cols, rows, pid, rid, is_train, plan, stats, rng, prompt_text,
     choice = np.array([cols["choice"][i] for i in rows], np.int64)
     chosen = rid[np.arange(len(rows)), choice]
     rejected = rid[np.arange(len(rows)), 1 - choice]
-    # kind: workers agree / disagree on a pair that two or more of them labelled.
+    # kind: the labels of a pair labelled two or more times agree (common) or not (controversial).
     first = np.where(chosen < rejected, chosen, rejected)
     pair_key = np.array([f"{p}|{min(c, r)}|{max(c, r)}" for p, c, r in zip(pid, chosen, rejected)], object)
     first_wins = (chosen == first).astype(np.int64)
