@@ -114,22 +114,6 @@ def test_job_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
     assert "divergence_rate" in capsys.readouterr().out
 
 
-def test_fast_graph_equals_signed_graph_from_triples():
-    from copl_ray.eval.dataset_stats import signed_graph
-    from copl_ray.graph.signed_graph import SignedGraph
-
-    rng = np.random.default_rng(0)
-    u, c, r = rng.integers(0, 30, 400), rng.integers(0, 20, 400), rng.integers(0, 20, 400)
-    ref = SignedGraph.from_triples(u, c, r, 30, 20)
-    got = signed_graph(Triples(u, c, r, 30, 20))
-    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
-        assert torch_equal(getattr(ref, name), getattr(got, name)), name
-
-
-def torch_equal(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())
-
-
 def test_job_rejects_a_broken_dataset_naming_the_file(tiny_dataset, tmp_path):
     import pyarrow as pa
     from copl_ray.data import append_annotations

@@ -56,6 +56,14 @@ def test_edge_order_does_not_change_the_graph():
         assert torch.equal(getattr(g1, name), getattr(g2, name))
 
 
+def test_sorted_unique_matches_numpy():
+    from copl_ray.graph.signed_graph import sorted_unique
+
+    keys = np.random.default_rng(1).integers(0, 1000, 5000)
+    assert np.array_equal(sorted_unique(keys), np.unique(keys))
+    assert sorted_unique(np.array([], dtype=np.int64)).size == 0
+
+
 def test_graph_save_load(tmp_path):
     g = _graph()
     g.save(tmp_path)

@@ -23,9 +23,19 @@ GRAPH_FORMAT_VERSION = "1"
 GRAPH_FILE = "graph.safetensors"
 
 
+def sorted_unique(key: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an int array. Sort-and-mask: numpy 2.4's np.unique was measured
+    ~90x slower on 16M int64 keys (19.9 s vs 0.22 s) on this machine."""
+    s = np.sort(key)
+    keep = np.empty(len(s), dtype=bool)
+    keep[:1] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
 def _unique_edges(users: np.ndarray, responses: np.ndarray, n_responses: int) -> tuple[np.ndarray, np.ndarray]:
-    # One int64 key per edge; np.unique sorts, so edges come out ordered by (user, response).
-    key = np.unique(users.astype(np.int64) * n_responses + responses.astype(np.int64))
+    # One int64 key per edge, sorted, so edges come out ordered by (user, response).
+    key = sorted_unique(users.astype(np.int64) * n_responses + responses.astype(np.int64))
     return (key // n_responses).astype(np.int64), (key % n_responses).astype(np.int64)
 
 
