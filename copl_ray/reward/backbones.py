@@ -103,11 +103,13 @@ def load_tokenizer(name: str):
     return tok
 
 
-def load_backbone(name: str, dtype: str = "float32", seed: int = 0, with_tokenizer: bool = True) -> Backbone:
+def load_backbone(name: str, dtype: str = "float32", seed: int = 0, with_tokenizer: bool = True,
+                  device: str | torch.device | None = None) -> Backbone:
     """Build backbone ``name`` frozen (``requires_grad=False``) in ``dtype``, in eval mode.
 
     Random backbones are built under ``torch.random.fork_rng`` seeded with ``seed``, so neither
-    the caller's RNG stream nor the result depends on what ran before.
+    the caller's RNG stream nor the result depends on what ran before; with ``device`` they are
+    initialised there directly (a 2B random model would take minutes to initialise on a CPU).
     """
     from transformers import AutoConfig, AutoModel
 
@@ -115,7 +117,7 @@ def load_backbone(name: str, dtype: str = "float32", seed: int = 0, with_tokeniz
     if name in RANDOM_BACKBONES:
         model_type, fields = RANDOM_BACKBONES[name]
         config = AutoConfig.for_model(model_type, **fields)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
             torch.manual_seed(seed)
             model = AutoModel.from_config(config, dtype=torch_dtype)
         source = {"kind": "random", "name": name, "seed": seed, "config": config.to_dict()}
@@ -125,6 +127,8 @@ def load_backbone(name: str, dtype: str = "float32", seed: int = 0, with_tokeniz
             raise FileNotFoundError(f"backbone {name!r} is neither a known name ({['minilm', *RANDOM_BACKBONES]}) "
                                     "nor a local checkpoint directory")
         model = AutoModel.from_pretrained(path, dtype=torch_dtype)
+        if device is not None:
+            model.to(device)
         source = {"kind": "bundled" if name == "minilm" else "local", "name": name}
     model.requires_grad_(False)
     model.eval()

@@ -114,10 +114,11 @@ class PersonalRewardModel(nn.Module):
         (``lora`` mode ignores it) -> rewards [B].
     """
 
-    def __init__(self, cfg: RewardModelConfig, with_tokenizer: bool = True):
+    def __init__(self, cfg: RewardModelConfig, with_tokenizer: bool = True,
+                 device: str | torch.device | None = None):
         super().__init__()
         self.cfg = cfg
-        bb = load_backbone(cfg.backbone, cfg.dtype, cfg.backbone_seed, with_tokenizer)
+        bb = load_backbone(cfg.backbone, cfg.dtype, cfg.backbone_seed, with_tokenizer, device)
         self.backbone, self.tokenizer, self.backbone_source = bb.model, bb.tokenizer, bb.source
         config = self.backbone.config
         self.encoder = is_encoder(config)
@@ -136,6 +137,8 @@ class PersonalRewardModel(nn.Module):
         self.adapted = self._wrap_targets(experts, dtype)
         self.head = nn.Linear(hidden, 1, dtype=dtype)
         nn.init.zeros_(self.head.bias)
+        if device is not None:
+            self.to(device)
         if cfg.gradient_checkpointing:
             # Non-reentrant: recomputation must see the gate's graph (a tensor from outside the layer).
             enable = getattr(self.backbone, "activation_checkpointing_enable", None)

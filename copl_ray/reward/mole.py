@@ -64,6 +64,14 @@ class RoutingContext:
         self.layer_gates: list[GateOutput] = []
 
 
+def _add_lowrank(y: torch.Tensor, h: torch.Tensor, lora_b: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``y + h B^T`` as one GEMM with accumulation; y [..., d_out], h [..., K], lora_b [d_out, K]."""
+    y2, h2 = y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1])
+    if inplace and y2.data_ptr() == y.data_ptr():
+        return y2.addmm_(h2, lora_b.t()).view_as(y)
+    return torch.addmm(y2, h2, lora_b.t()).view_as(y)
+
+
 class MoLELinear(nn.Module):
     """``base(x) + ((x A^T) * mask) B^T`` with stacked shared + expert LoRA blocks.
 
@@ -152,17 +160,24 @@ class MoLELinear(nn.Module):
         if squeeze:
             x, y = x.unsqueeze(1), y.unsqueeze(1)
         gate, mask = self._route(x.shape[0], x.dtype, x.device)
-        if gate is None:  # plain LoRA: the same two matmuls, the scale instead of a mask
-            out = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)
+        # Without autograd (scoring) the rank-space scaling and the final add run in place, and the
+        # add is fused into the second GEMM (addmm/baddbmm), so an adapted linear costs 3 extra ops.
+        inplace = not torch.is_grad_enabled()
+        if gate is None:  # plain LoRA: the same fused path, the scale instead of a mask
+            h = F.linear(x, self.lora_A)
+            out = _add_lowrank(y, h.mul_(self.scale) if inplace else h * self.scale, self.lora_B, inplace)
         elif self.impl == "masked":
-            out = y + F.linear(F.linear(x, self.lora_A) * mask.unsqueeze(1), self.lora_B)
+            h = F.linear(x, self.lora_A)
+            m = mask.unsqueeze(1)
+            out = _add_lowrank(y, h.mul_(m) if inplace else h * m, self.lora_B, inplace)
         elif self.impl == "gathered":
-            out = y + self._gathered(x, gate)
+            out = self._gathered(x, y, gate, inplace)
         else:
             out = y + self._loop(x, gate)
         return out.squeeze(1) if squeeze else out
 
-    def _gathered(self, x: torch.Tensor, gate: GateOutput) -> torch.Tensor:
+    def _gathered(self, x: torch.Tensor, y: torch.Tensor, gate: GateOutput, inplace: bool) -> torch.Tensor:
+        """Each sequence's shared + top-k blocks gathered to [B, (S+k) r, d] and applied with bmm."""
         r, s, (bsz, k) = self.rank, int(self.shared) * self.rank, gate.index.shape
         d_in, d_out = self.lora_A.shape[1], self.lora_B.shape[0]
         a_exp = self.lora_A[s:].view(self.num_experts, r, d_in)[gate.index].reshape(bsz, k * r, d_in)
@@ -173,8 +188,9 @@ class MoLELinear(nn.Module):
             a_exp = torch.cat([self.lora_A[:s].expand(bsz, s, d_in), a_exp], dim=1)
             b_exp = torch.cat([self.lora_B[:, :s].t().expand(bsz, s, d_out), b_exp], dim=1)
             w = torch.cat([torch.full((bsz, s), self.scale, dtype=w.dtype, device=w.device), w], dim=1)
-        h = torch.bmm(x, a_exp.transpose(1, 2)) * w.unsqueeze(1)
-        return torch.bmm(h, b_exp)
+        h = torch.bmm(x, a_exp.transpose(1, 2))
+        h = h.mul_(w.unsqueeze(1)) if inplace else h * w.unsqueeze(1)
+        return y.baddbmm_(h, b_exp) if inplace else torch.baddbmm(y, h, b_exp)
 
     def _loop(self, x: torch.Tensor, gate: GateOutput) -> torch.Tensor:
         r, s = self.rank, int(self.shared) * self.rank
