@@ -11,11 +11,41 @@ import torch
 
 from copl_ray.data import write_dataset
 from copl_ray.data.dataset import DatasetError, annotation_files, append_annotations, read_annotations
-from copl_ray.graph.build import build_graph, build_id_maps, index_annotations
+from copl_ray.graph.build import (Triples, _canonical_order, build_graph, build_id_maps,
+                                  index_annotations, signed_graph_from_sorted, split_holdout)
 from copl_ray.graph.signed_graph import SignedGraph
 from tests.tiny_data import tiny_tables
 
-pytestmark = pytest.mark.integration
+
+
+def test_sort_based_graph_equals_from_triples():
+    # Duplicated annotations and a user holding + and - edges to one response.
+    rng = np.random.default_rng(0)
+    n = 5000
+    cols = {"user": rng.integers(0, 40, n), "chosen": rng.integers(0, 30, n),
+            "rejected": rng.integers(0, 30, n), "kind": rng.integers(-1, 2, n).astype(np.int8)}
+    names = ["user", "chosen", "rejected", "kind"]
+    got = _canonical_order(dict(cols), names, 40, 30)
+    order = np.lexsort([cols[k] for k in reversed(names)])
+    for k in names:
+        np.testing.assert_array_equal(got[k], cols[k][order])
+    assert got["kind"].dtype == np.int8
+    train = Triples(got["user"], got["chosen"], got["rejected"])
+    fast = signed_graph_from_sorted(train, 40, 30)
+    ref = SignedGraph.from_triples(cols["user"], cols["chosen"], cols["rejected"], 40, 30)
+    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
+        assert torch.equal(getattr(fast, name), getattr(ref, name))
+
+
+def test_holdout_split_is_seeded_and_disjoint():
+    t = Triples(np.arange(100), np.arange(100) + 1, np.arange(100) + 2, np.zeros(100, np.int8))
+    kept, held = split_holdout(t, 0.1, seed=3)
+    assert len(held) == 10 and len(kept) == 90
+    assert not set(held.user) & set(kept.user) and set(held.user) | set(kept.user) == set(range(100))
+    assert np.array_equal(held.user, split_holdout(t, 0.1, seed=3)[1].user)
+    assert not np.array_equal(held.user, split_holdout(t, 0.1, seed=4)[1].user)
+    with pytest.raises(ValueError, match="holdout fraction"):
+        split_holdout(t, 1.0, seed=0)
 
 
 def _write(root, rows_per_shard):
@@ -34,6 +64,7 @@ def _reference(root, user_map, response_map):
     return u[order], c[order], r[order]
 
 
+@pytest.mark.integration
 def test_build_matches_reference_and_ignores_sharding(ray_session, tmp_path):
     one = _write(tmp_path / "one", rows_per_shard=1000)
     many = _write(tmp_path / "many", rows_per_shard=3)
@@ -59,6 +90,7 @@ def test_build_matches_reference_and_ignores_sharding(ray_session, tmp_path):
     assert a.stats["n_train_annotations"] == 8 and a.stats["n_pos_edges"] == 8
 
 
+@pytest.mark.integration
 def test_kinds_are_coded(ray_session, tiny_dataset):
     user_map, response_map, _ = build_id_maps(tiny_dataset)
     append_annotations(tiny_dataset, "test", pa.table({
@@ -70,6 +102,7 @@ def test_kinds_are_coded(ray_session, tiny_dataset):
     assert by_user == {0: 1, 2: 1, 1: 0, 3: -1}
 
 
+@pytest.mark.integration
 def test_unknown_user_names_file_row_and_field(ray_session, tiny_dataset):
     path = append_annotations(tiny_dataset, "train", pa.table({
         "user_id": ["bob", "mallory"], "prompt_id": ["p1", "p1"], "chosen_id": ["r1a", "r1a"],
@@ -80,6 +113,7 @@ def test_unknown_user_names_file_row_and_field(ray_session, tiny_dataset):
     assert str(path) in msg and "row 1" in msg and "'user_id'" in msg and "mallory" in msg
 
 
+@pytest.mark.integration
 def test_unseen_user_in_train_is_rejected(ray_session, tiny_dataset):
     append_annotations(tiny_dataset, "train", pa.table({
         "user_id": ["erin"], "prompt_id": ["p1"], "chosen_id": ["r1a"], "rejected_id": ["r1b"],
@@ -88,6 +122,7 @@ def test_unseen_user_in_train_is_rejected(ray_session, tiny_dataset):
         build_graph(tiny_dataset)
 
 
+@pytest.mark.integration
 def test_same_chosen_and_rejected_is_rejected(ray_session, tiny_dataset):
     append_annotations(tiny_dataset, "train", pa.table({
         "user_id": ["bob", "bob", "bob"], "prompt_id": ["p1"] * 3, "chosen_id": ["r1a", "r1a", "r2a"],
@@ -96,6 +131,7 @@ def test_same_chosen_and_rejected_is_rejected(ray_session, tiny_dataset):
         build_graph(tiny_dataset)
 
 
+@pytest.mark.integration
 def test_unknown_response_and_missing_column(ray_session, tiny_dataset):
     append_annotations(tiny_dataset, "train", pa.table({
         "user_id": ["bob"], "prompt_id": ["p1"], "chosen_id": ["r9"], "rejected_id": ["r1b"],

@@ -76,6 +76,7 @@ class TrainGNNConfig(JobConfig):
     stop_at_accuracy: float | None = Field(None, gt=0, le=1,
                                            description="stop once test accuracy reaches this (benchmarks)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="benchmarks: cut epochs short")
+    evaluate_each_epoch: bool = Field(True, description="score the eval pairs after every epoch")
     fail_at_epoch: int | None = Field(None, ge=0, description="testing: raise once at this epoch's start")
 
     @model_validator(mode="after")
@@ -132,6 +133,17 @@ def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int)
     batch = -(-cfg.batch_size // world) * world
     out = [perm[s:s + batch][rank::world] for s in range(0, len(perm), batch)]
     return out[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
+
+
+def _peak_rss_per_rank(rank: int, world: int) -> list[float]:
+    """Peak resident memory (MiB) of every rank's process so far (``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    mine = torch.zeros(world, dtype=torch.float64)
+    mine[rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if world > 1:
+        dist.all_reduce(mine)
+    return mine.tolist()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -208,7 +220,7 @@ def train_loop_per_worker(config: dict) -> None:
         if cfg.fail_at_epoch is not None and epoch == cfg.fail_at_epoch and state["restored_from_epoch"] is None:
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
         losses = []
-        t_epoch = time.perf_counter()
+        t_epoch = t_epoch_start = time.perf_counter()
         for idx in rank_batches(n_train, epoch, cfg, rank, world):
             u, a, r = (torch.from_numpy(x[idx]).to(device) for x in (train_u, train_a, train_b))
             s_a, s_b = batch_scores(model, graph, u, a, r, sampler=sampler, device=device)
@@ -231,13 +243,16 @@ def train_loop_per_worker(config: dict) -> None:
                 if stop:
                     break
         state["train_seconds"] += time.perf_counter() - t_epoch
+        epoch_wall = time.perf_counter() - t_epoch_start  # includes mid-epoch evaluations, if any
         loss_mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
         if world > 1:
             dist.all_reduce(loss_mean)
             loss_mean /= world
-        acc = evaluate() if rank == 0 else float("nan")
+        acc = evaluate() if rank == 0 and cfg.evaluate_each_epoch else float("nan")
+        state["peak_rss_mb_per_rank"] = _peak_rss_per_rank(rank, world)
         state["history"].append({"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc,
-                                 "steps": state["step"], "train_seconds": state["train_seconds"]})
+                                 "steps": state["step"], "train_seconds": state["train_seconds"],
+                                 "epoch_seconds": epoch_wall, "epoch_steps": len(losses)})
         state["epoch"] = epoch + 1
         if not stop and cfg.stop_at_accuracy is not None and not cfg.eval_every_steps:
             stop = stop_flag(acc >= cfg.stop_at_accuracy)

@@ -10,7 +10,7 @@ Steps:
 3. The int arrays are collected (object-store refs, zero-copy numpy) and sorted into a canonical
    order (Ray Data does not preserve block order by default; training shards must not depend on
    it), then `SignedGraph.from_triples` builds the de-duplicated signed edge lists with numpy
-   sort/unique. No per-edge or per-group Python anywhere.
+   sort + neighbour compare (`signed_graph_from_sorted`). No per-edge or per-group Python.
 
 Returned arrays are plain numpy so the driver can ``ray.put`` them once and every Ray Train worker
 reads them zero-copy from the object store.
@@ -18,6 +18,7 @@ reads them zero-copy from the object store.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from copl_ray.data import schema
 from copl_ray.data.dataset import DatasetError, annotation_files, read_table
@@ -147,6 +149,49 @@ def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap) -> 
     raise DatasetError("annotations hold an invalid row that could not be located")  # pragma: no cover
 
 
+def _canonical_order(cols: dict, names: list[str], n_users: int, n_responses: int) -> dict:
+    """Sort rows by (user, chosen, rejected[, kind]) with one int64 key and one ``np.sort``
+    (no argsort: the key decodes back into the columns), ~10x faster than ``np.lexsort`` at 16M."""
+    radices = [n_users, n_responses, n_responses] + ([3] if "kind" in names else [])
+    if math.prod(radices) >= 2**63:  # key would overflow: fall back to the general sort
+        order = np.lexsort([cols[n] for n in reversed(names)])
+        return {n: np.ascontiguousarray(v[order]) for n, v in cols.items()}
+    key = np.zeros(len(cols["user"]), dtype=np.int64)
+    for name, radix in zip(names, radices):
+        key *= radix
+        key += cols[name].astype(np.int64) + (1 if name == "kind" else 0)  # kind -1..1 -> 0..2
+    key.sort()
+    out = {}
+    for name, radix in zip(reversed(names), reversed(radices)):
+        value = key % radix
+        out[name] = value.astype(np.int8) - 1 if name == "kind" else value
+        key //= radix
+    return {n: out[n] for n in names}
+
+
+def _sorted_unique(key: np.ndarray) -> np.ndarray:
+    """Unique values of an already sorted int64 array (O(n), no hashing)."""
+    keep = np.ones(len(key), dtype=bool)
+    np.not_equal(key[1:], key[:-1], out=keep[1:])
+    return key[keep]
+
+
+def signed_graph_from_sorted(train: Triples, n_users: int, n_responses: int) -> SignedGraph:
+    """`SignedGraph.from_triples` for triples in canonical order, without ``np.unique``.
+
+    Same result (edges de-duplicated, sorted by (user, response)); NumPy 2.4's hash-based
+    ``np.unique`` took 68-93 s on 16M keys here against ~3 s for sort + neighbour compare.
+    Positive keys come out sorted from the canonical order; negative keys need one sort.
+    """
+    pos = _sorted_unique(train.user * n_responses + train.chosen)
+    neg_key = train.user * n_responses + train.rejected
+    neg_key.sort()
+    neg = _sorted_unique(neg_key)
+    t = torch.from_numpy
+    return SignedGraph(n_users, n_responses, t(pos // n_responses), t(pos % n_responses),
+                       t(neg // n_responses), t(neg % n_responses))
+
+
 def index_annotations(
     dataset: str | os.PathLike,
     split: str,
@@ -189,9 +234,7 @@ def index_annotations(
     bad = (cols["user"] < 0) | (cols["chosen"] < 0) | (cols["rejected"] < 0) | (cols["chosen"] == cols["rejected"])
     if bad.any():
         _locate_bad_row(files, user_map, response_map)
-    keys = [cols[n] for n in reversed(names)]  # lexsort: last key is primary
-    order = np.lexsort(keys)
-    cols = {n: np.ascontiguousarray(v[order]) for n, v in cols.items()}
+    cols = _canonical_order(cols, names, len(user_map), len(response_map))
     return Triples(cols["user"], cols["chosen"], cols["rejected"], cols.get("kind"))
 
 
@@ -226,8 +269,7 @@ def build_graph(dataset: str | os.PathLike, holdout_fraction: float = 0.0, seed:
         train, holdout = split_holdout(train, holdout_fraction, seed)
         train.kind = None
     t2 = time.perf_counter()
-    graph = SignedGraph.from_triples(train.user, train.chosen, train.rejected,
-                                     len(user_map), len(response_map))
+    graph = signed_graph_from_sorted(train, len(user_map), len(response_map))
     t3 = time.perf_counter()
     stats = {
         "n_users": len(user_map), "n_responses": len(response_map), "n_train_annotations": len(train),

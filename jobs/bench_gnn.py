@@ -1,0 +1,177 @@
+"""Benchmark GNN training on this machine; prints figures and ratios (never asserts on time).
+
+    nice python jobs/bench_gnn.py                               # both parts, datasets generated
+    python jobs/bench_gnn.py part=speed speed_dataset=D         # (a) only, on an existing dataset
+    python jobs/bench_gnn.py part=scale scale_dataset=D scale_steps=20
+
+(a) ``speed``: time to reach ``target_accuracy`` on held-out train pairs (``holdout_fraction``),
+    default training (neighbour-sampled batches) against the official approach (full-graph
+    propagation for every batch of ``batch_size`` pairs), same model, data, workers and schedule;
+    accuracy is checked every ``eval_every_steps`` steps and evaluation time is not counted. The
+    ratio full/sampled is the speed-up.
+(b) ``scale``: a ``scale_n_users`` UF-P-4 ALL dataset (16 annotations per user): graph build time
+    (Ray Data read + index + SignedGraph), then ``scale_steps`` training steps with
+    ``num_workers`` workers; seconds per step are extrapolated to one full epoch (labelled as
+    such) and every worker's peak RSS is reported.
+
+Figures go to ``output_dir/metrics.json``; generated datasets are kept under ``output_dir/data``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import Field  # noqa: E402
+
+from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BenchGNNConfig(JobConfig):
+    """jobs/bench_gnn.py: time-to-accuracy (sampled vs full graph) and the 1M-user scale run."""
+
+    output_dir: str = "runs/bench_gnn"
+    part: Literal["all", "speed", "scale"] = "all"
+    num_workers: int = Field(2, ge=1)
+    # (a)
+    speed_dataset: str | None = Field(None, description="default: generate ufp4 ALL, speed_n_users")
+    speed_n_users: int = Field(10_000, ge=10)
+    target_accuracy: float = Field(0.85, gt=0.5, le=1.0)
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)
+    eval_every_steps: int = Field(20, ge=1)
+    max_epochs: int = Field(20, ge=1, description="give up after this many epochs")
+    train_overrides: list[str] = Field(default_factory=list, description="extra train_gnn key=value")
+    # (b)
+    scale_dataset: str | None = Field(None, description="default: generate ufp4 ALL, scale_n_users")
+    scale_n_users: int = Field(1_000_000, ge=10)
+    scale_steps: int = Field(30, ge=2)
+
+
+def _train_job():
+    spec = importlib.util.spec_from_file_location("_train_gnn", ROOT / "jobs" / "train_gnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dataset(path: str | None, n_users: int, out: Path) -> Path:
+    if path is not None:
+        return Path(path)
+    target = out / "data" / f"ufp4_all_{n_users}"
+    if not (target / "metrics.json").is_file():
+        # A child process: the generator's peak memory stays out of this process's figures.
+        subprocess.run([sys.executable, str(ROOT / "jobs" / "make_synthetic.py"), "preset=ufp4",
+                        f"n_users={n_users}", "annotations=all", "seed=0", "validate_output=false",
+                        f"output_dir={target}"], check=True)
+    return target
+
+
+def _time_to_target(evals: list[dict], target: float) -> tuple[float | None, int | None]:
+    for e in evals:
+        if e["test_accuracy"] is not None and e["test_accuracy"] >= target:
+            return e["train_seconds"], e["step"]
+    return None, None
+
+
+def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
+    dataset = _dataset(cfg.speed_dataset, cfg.speed_n_users, out)
+    job = _train_job()
+    runs = {}
+    for mode in ("sampled", "full"):
+        m = job.main([f"dataset={dataset}", f"output_dir={out / f'speed_{mode}'}", f"mode={mode}",
+                      f"num_workers={cfg.num_workers}", f"holdout_fraction={cfg.holdout_fraction}",
+                      f"eval_every_steps={cfg.eval_every_steps}", f"stop_at_accuracy={cfg.target_accuracy}",
+                      f"epochs={cfg.max_epochs}", "evaluate_each_epoch=false", *cfg.train_overrides])
+        seconds, step = _time_to_target(m["evals"], cfg.target_accuracy)
+        runs[mode] = {"seconds_to_target": seconds, "steps_to_target": step,
+                      "seconds_per_step": m["train_seconds"] / max(1, m["steps"]),
+                      "final_holdout_accuracy": m["gnn_holdout_accuracy"], "steps": m["steps"]}
+        print(f"[speed] {mode:8s} target {cfg.target_accuracy:.3f}: "
+              f"{'not reached' if seconds is None else f'{seconds:.1f} s at step {step}'}; "
+              f"{runs[mode]['seconds_per_step'] * 1000:.0f} ms/step; "
+              f"final holdout acc {m['gnn_holdout_accuracy']:.4f}")
+    s, f = runs["sampled"]["seconds_to_target"], runs["full"]["seconds_to_target"]
+    ratio = f / s if s and f else None
+    per_step = runs["full"]["seconds_per_step"] / runs["sampled"]["seconds_per_step"]
+    print(f"[speed] time-to-accuracy ratio full/sampled = {ratio if ratio is None else f'{ratio:.2f}x'}"
+          f" (per-step ratio {per_step:.2f}x), {cfg.num_workers} workers, dataset {dataset}")
+    return {"dataset": str(dataset), "runs": runs, "time_to_accuracy_ratio": ratio,
+            "per_step_ratio": per_step, "target_accuracy": cfg.target_accuracy}
+
+
+def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
+    import numpy as np
+    import ray
+
+    from copl_ray.gnn.train import TrainGNNConfig, run_training
+    from copl_ray.graph.build import build_graph
+
+    t0 = time.perf_counter()
+    dataset = _dataset(cfg.scale_dataset, cfg.scale_n_users, out)
+    seconds_generate = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    built = build_graph(dataset)
+    seconds_build = time.perf_counter() - t0
+    g = built.graph
+    print(f"[scale] graph: {g.n_users} users, {g.n_responses} responses, {len(built.train)} annotations,"
+          f" {g.num_edges} signed edges; build {seconds_build:.1f} s ({built.stats})")
+    empty = np.zeros(0, dtype=np.int64)
+    data = {"pos_user": g.pos_user.numpy(), "pos_response": g.pos_response.numpy(),
+            "neg_user": g.neg_user.numpy(), "neg_response": g.neg_response.numpy(),
+            "train_user": built.train.user, "train_chosen": built.train.chosen,
+            "train_rejected": built.train.rejected, "eval_user": empty, "eval_chosen": empty,
+            "eval_rejected": empty, "response_in_graph": np.zeros(g.n_responses, dtype=bool)}
+    tcfg = TrainGNNConfig.model_validate({
+        "dataset": str(dataset), "output_dir": str(out / "scale_train"), "epochs": 1,
+        "num_workers": cfg.num_workers, "max_steps_per_epoch": cfg.scale_steps,
+        "evaluate_each_epoch": False, **dict(o.split("=", 1) for o in cfg.train_overrides)})
+    ref = ray.put(data)
+    del data
+    t0 = time.perf_counter()
+    _, state = run_training(tcfg, ref, g.n_users, g.n_responses)
+    seconds_fit = time.perf_counter() - t0
+    h = state["history"][-1]
+    per_step = h["epoch_seconds"] / h["epoch_steps"]
+    full_steps = -(-len(built.train) // tcfg.batch_size)
+    res = {
+        "dataset": str(dataset), "n_users": g.n_users, "n_annotations": len(built.train),
+        "seconds_generate_dataset": seconds_generate, "seconds_graph_build": seconds_build,
+        "graph_stats": built.stats, "measured_steps": h["epoch_steps"], "seconds_measured_steps": h["epoch_seconds"],
+        "seconds_per_step": per_step, "steps_per_full_epoch": full_steps,
+        "seconds_one_epoch_extrapolated": per_step * full_steps,
+        "peak_rss_mb_per_worker": state["peak_rss_mb_per_rank"],
+        "peak_rss_mb_driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds_fit_including_startup": seconds_fit, "dim": tcfg.dim, "mode": tcfg.mode,
+    }
+    print(f"[scale] {h['epoch_steps']} steps in {h['epoch_seconds']:.1f} s = {per_step:.3f} s/step; "
+          f"one epoch = {full_steps} steps ~ {per_step * full_steps / 3600:.2f} h (EXTRAPOLATED from "
+          f"{h['epoch_steps']} steps); peak RSS per worker (MiB) "
+          f"{[round(x) for x in state['peak_rss_mb_per_rank']]}; driver {res['peak_rss_mb_driver']:.0f} MiB")
+    return res
+
+
+def main(argv=None) -> dict:
+    cfg = parse_job_args(BenchGNNConfig, argv)
+    out = Path(cfg.output_dir)
+    write_resolved_config(cfg, out)
+    _train_job()._init_ray()
+    metrics = {}
+    if cfg.part in ("all", "speed"):
+        metrics["speed"] = bench_speed(cfg, out)
+    if cfg.part in ("all", "scale"):
+        metrics["scale"] = bench_scale(cfg, out)
+    write_metrics(metrics, out)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
