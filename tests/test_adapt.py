@@ -181,3 +181,18 @@ def test_user_opt_fits_the_given_pairs():
     after = (out.embeddings[pu] * delta).sum(-1)
     assert torch.nn.functional.logsigmoid(after).sum() > torch.nn.functional.logsigmoid(before).sum() + 1
     torch.testing.assert_close(out.embeddings[-1], art.population_mean)
+
+
+def test_batch_fallbacks_match_single_on_hand_graph():
+    art = hand_artifacts()
+    cases = {"k": [(0, 1)], "w": [(7, 2)], "g": [(5, 6)], "mix": [(5, 6), (7, 2)]}
+    rows = [(u, f"r{a}", f"r{b}") for u, pairs in cases.items() for a, b in pairs]
+    table = pa.table({"user_id": [r[0] for r in rows], "chosen_id": [r[1] for r in rows],
+                      "rejected_id": [r[2] for r in rows]})
+    p = AdaptParams(global_sample_size=3)
+    batch = adapt_batch(art, table, p, user_ids=list(cases) + ["none"])
+    assert batch.resolution.tolist() == ["khop", "widened", "global_sample", "widened", "population_mean"]
+    for i, (u, pairs) in enumerate(cases.items()):
+        one = adapt_one(art, _ann(pairs), p)
+        assert one.resolution == batch.resolution[i] and one.n_neighbors == batch.n_neighbors[i]
+        torch.testing.assert_close(one.embedding, batch.embeddings[i], rtol=1e-5, atol=1e-6)

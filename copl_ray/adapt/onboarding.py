@@ -97,8 +97,8 @@ def _validate(root: Path, table: pa.Table, users: pa.Table) -> pa.Table:
         row = int(np.flatnonzero(exists)[0])
         value = table.column("user_id")[row].as_py()
         split = users.column("split")[pc.index(uid, value).as_py()].as_py()
-        raise DatasetError(f"{where}: row {row}: field 'user_id' {value!r} is already a {split} user of "
-                           "the dataset; onboarding takes new user ids only")
+        raise DatasetError(f"{where}: row {row}: field 'user_id' {value!r} is already in the dataset "
+                           f"(split {split!r}); onboarding takes new user ids only")
     return table.select(schema.ANNOTATIONS.names)
 
 

@@ -1,0 +1,57 @@
+"""jobs/adapt_users.py end to end on the tiny dataset with a gnn_dir built from its train split."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from copl_ray.adapt.artifacts import GNNArtifacts
+from copl_ray.config import load_config
+from copl_ray.data import read_annotations, read_table
+from copl_ray.embeddings import read_embeddings, read_embeddings_meta
+from copl_ray.graph.id_map import IdMap
+from copl_ray.graph.signed_graph import SignedGraph
+from tests.adapt_helpers import write_gnn_dir
+
+
+def _gnn_dir_for(dataset, out):
+    users = read_table(dataset, "users")
+    seen = pc.filter(users.column("user_id"), pc.equal(users.column("split"), "seen")).combine_chunks()
+    umap, rmap = IdMap(seen), IdMap(read_table(dataset, "responses").column("response_id").combine_chunks())
+    tr = read_annotations(dataset, "train")
+    g = SignedGraph.from_triples(umap.lookup(tr.column("user_id")), rmap.lookup(tr.column("chosen_id")),
+                                 rmap.lookup(tr.column("rejected_id")), len(umap), len(rmap))
+    gen = torch.Generator().manual_seed(0)
+    art = GNNArtifacts(umap.ids, rmap.ids, torch.randn(len(umap), 4, generator=gen),
+                       torch.randn(len(rmap), 4, generator=gen), g)
+    return write_gnn_dir(art, out)
+
+
+def test_adapt_users_job_writes_contract_embeddings_and_metrics(tiny_dataset, tmp_path):
+    from jobs.adapt_users import main
+
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    out = tmp_path / "adapt"
+    metrics = main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={out}", "given_counts=[1,2]",
+                    "user_opt_steps=5"])
+    ids, emb = read_embeddings(out / "users.parquet")
+    assert ids.to_pylist() == ["erin", "frank"] and emb.shape == (2, 4) and np.isfinite(emb).all()
+    assert read_embeddings_meta(out / "users.parquet")["method"] == "copl"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["n_unseen_users"] == 2 and 0 <= on_disk["unseen_accuracy"] <= 1
+    assert set(on_disk["methods"]) == {"copl", "naive_avg", "user_opt"}
+    assert set(on_disk["curve"]["copl"]) == {"1", "2"}
+    assert set(on_disk["unseen_accuracy_by_group"]) == {"short", "long"}
+    assert (out / "curve.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
+    assert sum(metrics["resolution_counts"].values()) == 2
+
+
+def test_odd_hops_rejected_by_job_config(tmp_path):
+    from jobs.adapt_users import AdaptUsersConfig
+
+    with pytest.raises(Exception, match="even"):
+        load_config(AdaptUsersConfig, None, ["dataset=d", "gnn_dir=g", f"output_dir={tmp_path}", "adapt.hops=3"])
