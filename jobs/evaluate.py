@@ -179,8 +179,15 @@ def _plots(cfg: EvaluateConfig, models: dict, seen: PairTable, experts, out: Pat
     if experts is not None:
         # One row per user: the gate depends on the user only, so any of their pairs gives it.
         _, first = np.unique(seen.user_id.astype(str), return_index=True)
-        n_experts = models[None].rm.cfg.num_experts
-        path = plots.expert_heatmap(experts[first], seen.group[first], n_experts, out / "expert_allocation.png")
+        rm_cfg = models[None].rm.cfg
+        per_user = experts[first]
+        names = None
+        if rm_cfg.gate_scope == "model":
+            names = ["one gate for all adapted layers"]
+        elif per_user.ndim == 2:
+            names = models[None].rm.adapted[: per_user.shape[1]]  # one gate per adapted linear
+        path = plots.expert_heatmap(per_user, seen.group[first], rm_cfg.num_experts,
+                                    out / "expert_allocation.png", layer_names=names)
         written["expert_allocation"] = path.name
     return written
 

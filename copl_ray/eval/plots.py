@@ -78,21 +78,29 @@ def expert_shares(expert_index: np.ndarray, groups, n_experts: int) -> tuple[lis
 
 
 def expert_heatmap(expert_index: np.ndarray, groups, n_experts: int, path: str | os.PathLike,
-                   title: str = "expert allocation") -> Path:
-    """One heatmap per layer: rows groups, columns experts, cell = share of the group's users."""
+                   title: str = "expert allocation", layer_names: list[str] | None = None) -> Path:
+    """One heatmap per layer: rows groups, columns experts, cell = share of the group's users.
+
+    Args:
+        layer_names: one title per routing layer (default ``layer i``; a model-scope gate has one
+            routing for all adapted layers, name it so).
+    """
     names, shares = expert_shares(expert_index, groups, n_experts)
     n_layers = shares.shape[0]
+    layer_names = layer_names or [f"layer {i}" for i in range(n_layers)]
+    if len(layer_names) != n_layers:
+        raise ValueError(f"{len(layer_names)} layer_names for {n_layers} routing layers")
     fig, axes = plt.subplots(1, n_layers, figsize=(2.2 + 0.45 * n_experts * n_layers, 0.6 + 0.45 * len(names)),
                              squeeze=False)
     for layer, ax in enumerate(axes[0]):
         im = ax.imshow(shares[layer], vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_title(layer_names[layer], fontsize=9)
         ax.set_xticks(range(n_experts))
         ax.set_xlabel("expert", fontsize=8)
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names if layer == 0 else [], fontsize=8)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of group's users")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.02 + 0.1 / len(names))
     return _save(fig, path)
 
 
