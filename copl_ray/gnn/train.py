@@ -65,6 +65,9 @@ class TrainGNNConfig(JobConfig):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(None, gt=0)
     num_workers: int = Field(2, ge=1)
+    grad_sync: Literal["ddp", "sparse_rows"] = Field("ddp", description=(
+        "ddp: dense all-reduce of every parameter; sparse_rows: embedding tables exchange only the"
+        " rows the step touched (same averaged gradient, far less traffic at 1M users)"))
     use_gpu: bool = False
     max_failures: int = Field(1, ge=0)
     storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
@@ -135,6 +138,44 @@ def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int)
     return out[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
 
 
+@torch.no_grad()
+def sync_gradients_sparse_rows(model: torch.nn.Module, world: int) -> None:
+    """Average gradients over ranks; ``nn.Embedding`` tables send only their non-zero rows.
+
+    A sampled step touches a few thousand of 1M user rows, so all-gathering (row ids, rows) moves
+    megabytes where DDP's dense all-reduce moves the whole table (256 MB at 1M x 64 floats). The
+    result equals the dense mean: rows a rank did not touch contribute zeros either way.
+    """
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if isinstance(module, torch.nn.Embedding) and module.weight.grad is not None:
+            grad = module.weight.grad
+            rows = torch.nonzero(grad.abs().sum(1)).flatten()
+            dev = grad.device  # NCCL needs device tensors; gloo takes CPU ones
+            count = torch.tensor([rows.numel()], dtype=torch.long, device=dev)
+            counts = [torch.zeros_like(count) for _ in range(world)]
+            dist.all_gather(counts, count)
+            width = int(max(c.item() for c in counts))
+            pad_rows = torch.zeros(width, dtype=torch.long, device=dev)
+            pad_rows[:rows.numel()] = rows
+            pad_vals = torch.zeros(width, grad.shape[1], dtype=grad.dtype, device=dev)
+            pad_vals[:rows.numel()] = grad[rows]
+            all_rows = [torch.empty_like(pad_rows) for _ in range(world)]
+            all_vals = [torch.empty_like(pad_vals) for _ in range(world)]
+            dist.all_gather(all_rows, pad_rows)
+            dist.all_gather(all_vals, pad_vals)
+            grad[rows] = 0  # only these rows are non-zero locally
+            for c, r, v in zip(counts, all_rows, all_vals):
+                n = int(c.item())
+                grad.index_add_(0, r[:n], v[:n])
+            grad /= world
+        else:
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+
+
 def _peak_rss_per_rank(rank: int, world: int) -> list[float]:
     """Peak resident memory (MiB) of every rank's process so far (``ru_maxrss``, KiB on Linux)."""
     import resource
@@ -180,7 +221,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, n_users, n_responses).to(device)
-    model = ray.train.torch.prepare_model(model) if world > 1 else model
+    if world > 1 and cfg.grad_sync == "ddp":
+        model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     spe = len(rank_batches(n_train, 0, cfg, rank, world))
     scheduler = cosine_with_warmup(optimizer, spe * cfg.epochs, cfg.warmup_ratio)
@@ -227,6 +269,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1 and cfg.grad_sync == "sparse_rows":
+                sync_gradients_sparse_rows(model, world)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
