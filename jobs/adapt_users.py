@@ -12,7 +12,6 @@ first n fewshot annotations of each user for n in ``given_counts`` (accuracy cur
 ``metrics.json`` and ``curve.png``). Users with fewer than n annotations give all they have.
 """
 
-from __future__ import annotations
 
 import sys
 import time

@@ -55,3 +55,30 @@ def test_odd_hops_rejected_by_job_config(tmp_path):
 
     with pytest.raises(Exception, match="even"):
         load_config(AdaptUsersConfig, None, ["dataset=d", "gnn_dir=g", f"output_dir={tmp_path}", "adapt.hops=3"])
+
+
+def test_first_n_per_user_keeps_file_order():
+    import pyarrow as pa
+
+    from copl_ray.adapt.evaluation import first_n_per_user
+
+    t = pa.table({"user_id": ["a", "b", "a", "a", "b"], "x": [0, 1, 2, 3, 4]})
+    assert first_n_per_user(t, 2).column("x").to_pylist() == [0, 1, 2, 4]
+    assert first_n_per_user(t, 1).column("x").to_pylist() == [0, 1]
+
+
+def test_accuracy_report_counts_ties_half_and_in_graph_share():
+    import pyarrow as pa
+
+    from copl_ray.adapt.evaluation import accuracy_report
+    from tests.adapt_helpers import hand_artifacts
+
+    art = hand_artifacts(dim=2)
+    art.e_resp[:] = 0
+    art.e_resp[0] = torch.tensor([1.0, 0.0])
+    emb = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    test = pa.table({"user_id": ["x", "y", "x"], "chosen_id": ["r0", "r0", "r2"], "rejected_id": ["r1", "r1", "r7"]})
+    rep = accuracy_report(art, pa.array(["x", "y"]), emb, test, {"x": "g1", "y": "g2"})
+    assert rep["accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert rep["by_group"] == {"g1": 0.75, "g2": 0.0}
+    assert rep["in_graph"]["n_pairs"] == 3  # r7 has a negative edge, so it is in the graph
