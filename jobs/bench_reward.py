@@ -10,10 +10,12 @@ by these variants, interleaved round-robin over ``repeats`` so machine noise hit
 
 - ``no_lora``: the frozen backbone + head;
 - ``lora``: one plain LoRA of the MoLE's rank on the same targets, same fused path (shared only);
-- ``mole_mixed``: CoPL's MoLE (shared + M experts), stacked masked-dense, users on all M experts;
+- ``mole_mixed``: CoPL's MoLE (shared + M experts), stacked masked-dense, users on all M experts
+  (``impl="auto"``'s choice on GPUs);
 - ``mole_one_expert``: the same with every user on expert 0 (the other routing extreme);
-- ``mole_layer_gates``: one gate per adapted layer (official code's layout), mixed users;
-- ``mole_gathered``: gather each sequence's blocks + bmm (Punica/S-LoRA style), mixed;
+- ``mole_layer_gates``: one gate per adapted layer (official code's layout), masked, mixed users;
+- ``mole_gathered``: gather each sequence's blocks + bmm (Punica/S-LoRA style), mixed users
+  (``impl="auto"``'s choice on CPUs);
 - ``mole_loop``: a Python loop over experts per layer (peft mixed batches, MixLoRA), mixed.
 
 Prints the median seconds per batch, pairs/s, and the ratios against ``lora`` (target for
@@ -56,6 +58,7 @@ class BenchRewardConfig(JobConfig):
     device: str = "cpu"
     dtype: str = Field("float32", description="float32 | bfloat16 (bf16) | float16")
     threads: int | None = Field(None, description="torch.set_num_threads (default: torch's)")
+    layer_bench: bool = Field(True, description="also time one adapted linear alone")
     seed: int = 0
     output_dir: str = "runs/bench_reward"
 
@@ -145,17 +148,64 @@ def bench_backbone(backbone: str, cfg: BenchRewardConfig) -> dict:
     for v in cfg.variants:
         med = statistics.median(times[v])
         result[v] = {"median_s": med, "min_s": min(times[v]), "pairs_per_s": cfg.pairs / med}
-    ratios = {}
-    if "lora" in result:
-        for v in cfg.variants:
-            if v.startswith("mole"):
-                ratios[f"{v}/lora"] = result["lora"]["median_s"] / result[v]["median_s"]
-        if "no_lora" in result:
-            ratios["lora/no_lora"] = result["no_lora"]["median_s"] / result["lora"]["median_s"]
-    if "mole_loop" in result and "mole_mixed" in result:
-        ratios["mole_mixed/mole_loop"] = result["mole_loop"]["median_s"] / result["mole_mixed"]["median_s"]
     adapted = models[cfg.variants[-1]].adapted
-    return {"variants": result, "ratios": ratios, "adapted_modules": len(adapted)}
+    return {"variants": result, "ratios": _ratios(result), "adapted_modules": len(adapted)}
+
+
+def _ratios(result: dict) -> dict:
+    """Throughput ratios (time of the reference / time of the variant), on medians and on minima."""
+    pairs = [(v, "lora") for v in result if v.startswith("mole")] + [("lora", "no_lora"),
+                                                                     ("mole_mixed", "mole_loop")]
+    out = {}
+    for v, ref in pairs:
+        if v in result and ref in result:
+            out[f"{v}/{ref}"] = {stat: result[ref][f"{stat}_s"] / result[v][f"{stat}_s"]
+                                 for stat in ("median", "min")}
+    return out
+
+
+def bench_layer(backbone: str, cfg: BenchRewardConfig) -> dict:
+    """One adapted linear of the backbone's shape alone, [2P, T, d] input: the adapter's own cost."""
+    from copl_ray.reward.gate import expert_mask, UserGate
+    from copl_ray.reward.mole import RoutingContext
+
+    device = torch.device(cfg.device)
+    model = _build("mole_mixed", backbone, cfg, device)
+    name = model.adapted[0]
+    base = model.backbone.get_submodule(name).base
+    dtype = base.weight.dtype
+    n = 2 * cfg.pairs
+    x = torch.randn(n, cfg.seq_len, base.in_features, device=device, dtype=dtype)
+    users = torch.nn.functional.one_hot(torch.arange(n) % cfg.num_experts, max(cfg.num_experts, 8)).float() * 4
+    gate = UserGate(users.shape[1], cfg.num_experts, cfg.seq_len)
+    _route_round_robin(gate, cfg.num_experts)
+    gate = gate.to(device=device, dtype=dtype)
+    layers = {}
+    for variant, experts, impl in (("lora", 0, "masked"), ("mole_mixed", cfg.num_experts, "masked"),
+                                   ("mole_gathered", cfg.num_experts, "gathered"),
+                                   ("mole_loop", cfg.num_experts, "loop")):
+        ctx = RoutingContext()
+        lay = MoLELinear(base, cfg.rank, experts, 16.0, True, ctx, impl=impl).to(device)
+        if experts:
+            ctx.gate = gate(users.to(device))
+            ctx.mask = expert_mask(ctx.gate.weights, n, cfg.rank, True, lay.scale, dtype, device)
+        layers[variant] = lay
+    layers["no_lora"] = base
+    reps = max(10, 5 * cfg.repeats)
+    times: dict[str, list[float]] = {v: [] for v in layers}
+    with torch.inference_mode():
+        for it in range(cfg.warmup + reps):
+            for v, lay in layers.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                lay(x)
+                _sync(device)
+                if it >= cfg.warmup:
+                    times[v].append(time.perf_counter() - t0)
+    result = {v: {"median_s": statistics.median(t), "min_s": min(t), "pairs_per_s": cfg.pairs / statistics.median(t)}
+              for v, t in times.items()}
+    return {"module": name, "shape": [n, cfg.seq_len, base.in_features, base.out_features],
+            "variants": result, "ratios": _ratios(result)}
 
 
 def _translate_flags(argv: list[str]) -> list[str]:
@@ -192,7 +242,15 @@ def main(argv=None) -> dict:
         for v, r in res["variants"].items():
             print(f"  {v:18s} {r['median_s'] * 1e3:9.1f} ms/batch  {r['pairs_per_s']:9.1f} pairs/s")
         for k, r in res["ratios"].items():
-            print(f"  {k:26s} {r:6.3f}  (throughput ratio)")
+            print(f"  {k:26s} {r['median']:6.3f} (medians)  {r['min']:6.3f} (minima)  throughput ratio")
+        if cfg.layer_bench:
+            lay = bench_layer(backbone, cfg)
+            res["layer"] = lay
+            print(f"  one adapted linear alone ({lay['module']}, x {lay['shape'][:3]} -> {lay['shape'][3]}):")
+            for v, r in lay["variants"].items():
+                print(f"    {v:16s} {r['median_s'] * 1e3:9.3f} ms")
+            for k, r in lay["ratios"].items():
+                print(f"    {k:24s} {r['median']:6.3f} (medians)  {r['min']:6.3f} (minima)")
     write_resolved_config(cfg, cfg.output_dir)
     write_metrics(metrics, cfg.output_dir)
     return metrics

@@ -132,7 +132,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("kw", [dict(gate_scope="layer", top_k=2), dict(mode="lora", rank=4),
-                                dict(mode="user_token", backbone="minilm")])
+                                dict(mode="user_token", backbone="tiny-gemma")])
 def test_save_load_roundtrip_without_backbone_weights(tmp_path, kw):
     kw = dict(kw)
     model = _model(kw.pop("backbone", "tiny-llama"), **kw)

@@ -67,7 +67,8 @@ class RewardModelConfig(BaseModel):
     user_dim: int | None = Field(None, ge=1, description="width of the GNN user embedding")
     pooling: Literal["auto", "last", "mean", "cls"] = "auto"
     load_balancing: bool = Field(False, description="report the Switch load-balancing loss as aux_loss")
-    impl: Literal["masked", "gathered", "loop"] = "masked"
+    impl: Literal["auto", "masked", "gathered", "loop"] = Field(
+        "auto", description="mixed-user batch kernel: auto = masked on GPU, gathered on CPU")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
     backbone_seed: int = Field(0, description="seed of random (tiny) backbones")
@@ -241,8 +242,9 @@ class PersonalRewardModel(nn.Module):
     def backbone_state_fingerprint(self) -> str:
         """sha256 over the frozen backbone's parameter names, dtypes, shapes and bytes."""
         h = hashlib.sha256()
+        frozen = {_canonical(n) for n in self._frozen_names}
         for name, p in sorted(self.backbone.named_parameters()):
-            if _canonical(name) not in {_canonical(n) for n in self._frozen_names}:
+            if _canonical(name) not in frozen:
                 continue
             t = p.detach().cpu().contiguous()
             h.update(f"{_canonical(name)}|{t.dtype}|{tuple(t.shape)}".encode())
