@@ -191,3 +191,26 @@ def test_evaluate_separates_groups(trained, tmp_path):
     assert metrics["unseen"]["available"] is False and "adapt_dir" in metrics["unseen"]["reason"]
     assert (tmp_path / "tsne_users.png").stat().st_size > 0
     assert (tmp_path / "expert_allocation.png").stat().st_size > 0
+
+
+@integration
+@pytest.mark.parametrize("method", ["g_oracle", "no_gnn", "no_mole"])
+def test_baselines_share_the_harness(trained, tmp_path, method):
+    from jobs.evaluate import main as evaluate
+    from jobs.train_reward import main as train
+
+    data, gnn, _, _ = trained
+    out = tmp_path / "rm"
+    train([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={out}", *COMMON[1:], f"method={method}",
+           "batch_size=8", "max_steps=4", "num_workers=2"])
+    m = evaluate([f"dataset={data}", f"reward_dir={out}", f"output_dir={tmp_path / 'ev'}", "plots=false"])
+    assert m["method"] == method and m["seen"]["n_pairs"] == 200
+    if method == "g_oracle":  # one model per true group; unseen users' groups are known too
+        assert sorted(p.name for p in (out / "groups").iterdir()) == ["long", "short"]
+        assert m["unseen"]["available"] is True and m["unseen"]["n_pairs"] == 20
+    if method == "no_gnn":  # learned table exported; no embedding exists for unseen users
+        from copl_ray.embeddings import read_embeddings
+
+        ids, emb = read_embeddings(out / "user_embeddings.parquet")
+        assert len(ids) == 100 and emb.shape == (100, 8)
+        assert m["unseen"]["available"] is False
