@@ -57,10 +57,15 @@ def random_new_users(art: GNNArtifacts, n_users: int, max_pairs: int, seed: int 
 
 
 def write_gnn_dir(art: GNNArtifacts, out: Path) -> Path:
-    """A gnn_dir written by the trainer's own exporter (copl_ray.gnn.export)."""
-    from copl_ray.gnn.export import export_gnn_dir
+    """The files of a gnn_dir that adaptation reads (docs/ARCHITECTURE.md), written with the
+    contract writers. No model.safetensors: adaptation needs only the final embeddings, and the
+    trainer's model format is not this package's to fake."""
+    from copl_ray.embeddings import write_embeddings
     from copl_ray.graph.id_map import IdMap
 
-    export_gnn_dir(out, art.graph, IdMap(art.user_ids), IdMap(art.response_ids), art.e_user, art.e_resp,
-                   torch.nn.Linear(1, 1), {"kind": "test"})
+    IdMap(art.user_ids).save(out / "user_index.parquet")
+    IdMap(art.response_ids).save(out / "response_index.parquet")
+    art.graph.save(out)
+    write_embeddings(out / "responses.parquet", "response_id", art.response_ids, art.e_resp.numpy())
+    write_embeddings(out / "users.parquet", "user_id", art.user_ids, art.e_user.numpy())
     return out

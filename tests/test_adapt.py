@@ -196,3 +196,15 @@ def test_batch_fallbacks_match_single_on_hand_graph():
         one = adapt_one(art, _ann(pairs), p)
         assert one.resolution == batch.resolution[i] and one.n_neighbors == batch.n_neighbors[i]
         torch.testing.assert_close(one.embedding, batch.embeddings[i], rtol=1e-5, atol=1e-6)
+
+
+def test_user_opt_gradient_matches_autograd():
+    from copl_ray.adapt.baselines import eq5_grad
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(3, 5, generator=gen, requires_grad=True)
+    pu = torch.tensor([0, 0, 2, 1, 2])
+    delta = torch.randn(5, 5, generator=gen)
+    loss = -torch.nn.functional.logsigmoid((emb[pu] * delta).sum(-1)).sum() + 0.3 * emb.pow(2).sum()
+    loss.backward()
+    torch.testing.assert_close(eq5_grad(emb.detach(), pu, delta, 0.3), emb.grad)

@@ -8,7 +8,7 @@ For an unseen user u* with annotated pairs D_{u*} = {(a > b)} and a candidate ne
 
 Only the final GNN embeddings are needed: with Delta_p = e_a - e_b per pair, gamma is
 ``logsigmoid(E_nbr @ Delta^T).sum(1)``. The batch path evaluates the (neighbour, pair) products of
-all users as one flat gather in bounded chunks (memory ``chunk_elems`` floats), then segment
+blocks of users as padded batched matrix products (``bmm``, bounded memory), then segment
 softmax / segment sums with ``scatter_reduce`` / ``index_add``; no Python loop per user.
 """
 
@@ -49,8 +49,12 @@ def aggregate_one(e_nbr: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def gamma_batch(e_user: torch.Tensor, nbr_indptr: np.ndarray, nbr_users: np.ndarray,
-                delta: torch.Tensor, pair_indptr: np.ndarray, chunk_elems: int = 1 << 24) -> torch.Tensor:
+                delta: torch.Tensor, pair_indptr: np.ndarray, chunk_elems: int = 1 << 23) -> torch.Tensor:
     """gamma of every (user, neighbour) entry of a batch.
+
+    Users are sorted by neighbour count and cut into blocks; each block is one padded ``bmm``
+    ``[b, N_max, d] @ [b, d, P_max]`` (users of similar N share a block, so padding stays small),
+    holding about ``chunk_elems`` floats at once.
 
     Args:
         e_user: [U, d] seen users' embeddings.
@@ -58,33 +62,35 @@ def gamma_batch(e_user: torch.Tensor, nbr_indptr: np.ndarray, nbr_users: np.ndar
             ``nbr_indptr[b]:nbr_indptr[b+1]``).
         delta: [P, d] e_chosen - e_rejected of the batch's pairs, grouped by user along
             ``pair_indptr`` [B + 1].
-        chunk_elems: floats held at once by the gathered (entry, pair) products.
     Returns:
         [M] float32 gamma per neighbour entry.
     """
-    n_per = np.diff(nbr_indptr)
-    owner = np.repeat(np.arange(len(n_per)), n_per)              # [M] batch user of each entry
-    p_count = np.diff(pair_indptr)[owner]                        # [M] pairs to score per entry
+    n_nbr, n_pair = np.diff(nbr_indptr), np.diff(pair_indptr)
     gamma = torch.zeros(len(nbr_users), dtype=torch.float32)
     d = e_user.shape[1]
-    # Chunk boundaries over entries so each chunk expands to about chunk_elems / d products.
-    cum = np.cumsum(p_count)
-    budget = max(1, chunk_elems // max(d, 1))
-    start = 0
-    while start < len(nbr_users):
-        base = cum[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(cum, base + budget, side="right")))
-        stop = min(stop, len(nbr_users))
-        cnt = p_count[start:stop]
-        total = int(cnt.sum())
-        if total:
-            local = np.repeat(np.arange(stop - start), cnt)       # entry (chunk-local) of each product
-            within = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-            pair = pair_indptr[owner[start:stop]][local] + within
-            eu = e_user[torch.from_numpy(nbr_users[start:stop][local])]
-            vals = F.logsigmoid((eu * delta[torch.from_numpy(pair)]).sum(-1))
-            gamma[start:stop] = torch.zeros(stop - start).index_add_(0, torch.from_numpy(local), vals)
-        start = stop
+    order = np.argsort(n_nbr, kind="stable")
+    order = order[n_nbr[order] > 0]
+    if order.size == 0:
+        return gamma
+    p_max = int(n_pair[order].max())
+    cost = n_nbr[order] * (d + p_max + 1)  # floats per user when padded to its own N (ascending)
+    i = 0
+    while i < order.size:
+        ks = np.arange(i + 1, order.size + 1)
+        fits = (ks - i) * cost[ks - 1] <= chunk_elems
+        k = int(ks[fits][-1]) if fits.any() else i + 1
+        blk = order[i:k]
+        nm, pm = int(n_nbr[blk].max()), int(n_pair[blk].max())
+        nmask = np.arange(nm)[None, :] < n_nbr[blk][:, None]                      # [b, nm]
+        npos = np.where(nmask, nbr_indptr[blk][:, None] + np.arange(nm)[None, :], 0)
+        e = e_user[torch.from_numpy(np.where(nmask, nbr_users[npos], 0))]          # [b, nm, d]
+        pmask = np.arange(pm)[None, :] < n_pair[blk][:, None]                      # [b, pm]
+        ppos = np.where(pmask, pair_indptr[blk][:, None] + np.arange(pm)[None, :], 0)
+        dl = delta[torch.from_numpy(ppos)] * torch.from_numpy(pmask)[..., None]    # [b, pm, d]
+        ls = F.logsigmoid(torch.bmm(e, dl.transpose(1, 2)))                        # [b, nm, pm]
+        g = (ls * torch.from_numpy(pmask)[:, None, :]).sum(-1)                     # [b, nm]
+        gamma[torch.from_numpy(npos[nmask])] = g[torch.from_numpy(nmask)]
+        i = k
     return gamma
 
 
