@@ -46,6 +46,9 @@ class BenchAdaptConfig(JobConfig):
     part: Literal["all", "latency", "accuracy"] = "all"
     adapt: AdaptParams = Field(default_factory=AdaptParams)
     seed: int = 0
+    threads: int = Field(1, ge=1, description=(
+        "torch intra-op threads; 1 because on a loaded 2-core machine more threads than free cores "
+        "made the batch paths 4-40x slower (measured; OpenMP workers wait on each other)"))
     # (a)
     n_users: int = Field(1_000_000, ge=10)
     n_survey_pairs: int = Field(26_000, ge=10)
@@ -109,7 +112,7 @@ def _pcts(ms: list[float]) -> dict:
 
 
 def bench_latency(cfg: BenchAdaptConfig) -> dict:
-    torch.set_num_threads(1)  # per-request latency on one core, as one serving replica would run
+
     t0 = time.perf_counter()
     art, a, b, attr = synthetic_artifacts(cfg)
     build_s = time.perf_counter() - t0
@@ -139,7 +142,7 @@ def bench_latency(cfg: BenchAdaptConfig) -> dict:
     uo = _pcts(uo_times)
     print(f"[latency] user_opt single: p50 {uo['p50_ms']:.2f} ms, p99 {uo['p99_ms']:.2f} ms")
 
-    torch.set_num_threads(2)
+
     batch = new_users_table(np.random.default_rng(cfg.seed + 2), cfg.n_batch_users, cfg.per_user, a, b, attr)
     thr = {}
     for name, fn in (("copl", lambda: adapt_batch(art, batch, cfg.adapt)),
@@ -249,6 +252,7 @@ def bench_accuracy(cfg: BenchAdaptConfig) -> dict:
 def main(argv=None) -> dict:
     cfg = parse_job_args(BenchAdaptConfig, argv)
     write_resolved_config(cfg, cfg.output_dir)
+    torch.set_num_threads(cfg.threads)
     metrics = {}
     if cfg.part in ("all", "accuracy") and cfg.dataset:
         metrics["accuracy"] = bench_accuracy(cfg)

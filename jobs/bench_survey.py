@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
+import torch  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa: E402
@@ -45,6 +46,9 @@ class BenchSurveyConfig(JobConfig):
     selection_kappa: float = Field(1.0, gt=0)
     top_neighbors: int = Field(512, ge=1)
     seed: int = 0
+    threads: int = Field(1, ge=1, description=(
+        "torch intra-op threads; 1 because on a loaded 2-core machine more threads than free cores "
+        "made the batch paths 4-40x slower (measured; OpenMP workers wait on each other)"))
 
 
 def _accuracy(art, vid, chosen, rejected, n, ec, er, params):
@@ -60,6 +64,7 @@ def _accuracy(art, vid, chosen, rejected, n, ec, er, params):
 def main(argv=None) -> dict:
     cfg = parse_job_args(BenchSurveyConfig, argv)
     write_resolved_config(cfg, cfg.output_dir)
+    torch.set_num_threads(cfg.threads)
     art = load_gnn_artifacts(cfg.gnn_dir, seed=cfg.seed)
     oracle = SyntheticOracle.load(cfg.dataset, art)
     users = read_table(cfg.dataset, "users")
