@@ -208,3 +208,13 @@ def test_user_opt_gradient_matches_autograd():
     loss = -torch.nn.functional.logsigmoid((emb[pu] * delta).sum(-1)).sum() + 0.3 * emb.pow(2).sum()
     loss.backward()
     torch.testing.assert_close(eq5_grad(emb.detach(), pu, delta, 0.3), emb.grad)
+
+
+def test_batch_bad_input_names_row_and_field():
+    art = hand_artifacts()
+    t = pa.table({"user_id": ["a", "a"], "chosen_id": ["r0", "r2"], "rejected_id": ["r1", "nope"]})
+    with pytest.raises(AdaptInputError, match=r"row 1: field 'rejected_id' names unknown response 'nope'"):
+        adapt_batch(art, t)
+    t = pa.table({"user_id": ["a", "b"], "chosen_id": ["r0", "r2"], "rejected_id": ["r1", "r2"]})
+    with pytest.raises(AdaptInputError, match=r"row 1: fields 'chosen_id' and 'rejected_id' are the same"):
+        user_opt(art, t)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 
 from copl_ray.adapt.artifacts import GNNArtifacts
-from copl_ray.adapt.core import AdaptParams, BatchAdaptResult, _column, _index_pairs, adapt_batch
+from copl_ray.adapt.core import AdaptParams, BatchAdaptResult, _table_pairs, adapt_batch
 
 __all__ = ["naive_avg", "user_opt", "eq5_grad"]
 
@@ -58,8 +58,7 @@ def user_opt(art: GNNArtifacts, table: pa.Table, user_ids=None, steps: int = 50,
         row = int(np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))[0])
         raise ValueError(f"annotations: row {row}: field 'user_id' is not among the users to fit")
     pu = torch.from_numpy(idx.to_numpy(zero_copy_only=False).astype(np.int64))
-    chosen, rejected = _index_pairs(art, _column(table, "chosen_id"), _column(table, "rejected_id"),
-                                    "annotations")
+    chosen, rejected = _table_pairs(art, table)
     delta = (art.e_resp[torch.from_numpy(chosen)] - art.e_resp[torch.from_numpy(rejected)]).detach()
     B = len(users)
     n_ann = np.bincount(pu.numpy(), minlength=B)

@@ -109,6 +109,29 @@ def _column(annotations, name: str) -> list:
                           f"{type(annotations).__name__}")
 
 
+def _table_pairs(art: GNNArtifacts, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Batch form of `_index_pairs` for a table: one vectorized ``index_in`` per column."""
+    out = []
+    for name in ("chosen_id", "rejected_id"):
+        if name not in table.column_names:
+            raise AdaptInputError(f"annotations: missing column {name!r} (has {table.column_names})")
+        col = table.column(name).combine_chunks()
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise AdaptInputError(f"annotations: column {name!r} has type {col.type}, expected string")
+        idx = pc.index_in(col, value_set=art.response_ids)
+        bad = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
+        if bad.size:
+            what = "is null" if not col[int(bad[0])].is_valid else \
+                f"names unknown response {col[int(bad[0])].as_py()!r} ({bad.size} unknown); it is not in the GNN's graph"
+            raise AdaptInputError(f"annotations: row {int(bad[0])}: field {name!r} {what}")
+        out.append(idx.to_numpy(zero_copy_only=False).astype(np.int64))
+    same = np.flatnonzero(out[0] == out[1])
+    if same.size:
+        raise AdaptInputError(f"annotations: row {int(same[0])}: fields 'chosen_id' and 'rejected_id' are "
+                              f"the same response {table.column('chosen_id')[int(same[0])].as_py()!r}")
+    return out[0], out[1]
+
+
 def _index_pairs(art: GNNArtifacts, chosen_ids: list, rejected_ids: list, where: str):
     for field_name, col in (("chosen_id", chosen_ids), ("rejected_id", rejected_ids)):
         for row, v in enumerate(col):
@@ -246,8 +269,7 @@ def adapt_batch(art: GNNArtifacts, table: pa.Table, params: AdaptParams | None =
         raise AdaptInputError(f"annotations: row {row}: field 'user_id' {row_users[row].as_py()!r} "
                               f"is not among the users to adapt")
     pair_user = pair_user.to_numpy(zero_copy_only=False).astype(np.int64)
-    chosen, rejected = _index_pairs(art, _column(table, "chosen_id"), _column(table, "rejected_id"),
-                                    "annotations")
+    chosen, rejected = _table_pairs(art, table)
     order = np.argsort(pair_user, kind="stable")
     pair_user, chosen, rejected = pair_user[order], chosen[order], rejected[order]
 
