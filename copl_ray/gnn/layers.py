@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn.inits import glorot
 
 from copl_ray.gnn.sampler import SignedEdges
 
@@ -27,10 +26,11 @@ class _SideWeights(nn.Module):
         self.lin4 = lin() if negative else None
 
     def reset_parameters(self) -> None:
-        # Glorot keeps a d x d map's output scale equal to its input's at any d.
+        # Glorot (PyG's default init; = torch's xavier_uniform_, without importing PyG) keeps a
+        # d x d map's output scale equal to its input's at any d.
         for m in (self.lin_self, self.lin1, self.lin2, self.lin3, self.lin4):
             if m is not None:
-                glorot(m.weight)
+                nn.init.xavier_uniform_(m.weight)
 
 
 class SignedBipartiteConv(nn.Module):
@@ -97,6 +97,27 @@ class SignedBipartiteConv(nn.Module):
         out_u = self._update(e_user, a_u_pos, a_u_neg, self.user)
         out_r = self._update(e_resp, a_r_pos, a_r_neg, self.user if self.variant == "official" else self.resp)
         return out_u, out_r
+
+    @torch.no_grad()
+    def forward_chunked(self, e_user: Tensor, e_resp: Tensor, edges: SignedEdges,
+                        chunk: int) -> tuple[Tensor, Tensor]:
+        """`forward` computed ``chunk`` target rows at a time (no autograd): inference on graphs whose
+        [N, d] temporaries (aggregates, Hadamard products, five matrix products) would not fit."""
+        nu, nr = e_user.shape[0], e_resp.shape[0]
+        resp_w = self.user if self.variant == "official" else self.resp
+        outs = []
+        for e, other, to, w in ((e_user, e_resp, "user", self.user), (e_resp, e_user, "resp", resp_w)):
+            pos = edges.adjacency(True, to, nu, nr)
+            neg = edges.adjacency(False, to, nu, nr) if self.negative_edges else None
+            out = torch.empty_like(e)
+            for i in range(0, e.shape[0], chunk):
+                j = min(i + chunk, e.shape[0])
+                a_neg = None if neg is None else (neg.row_block(i, j) @ other if neg.nnz else
+                                                  other.new_zeros(j - i, other.shape[1]))
+                a_pos = pos.row_block(i, j) @ other if pos.nnz else other.new_zeros(j - i, other.shape[1])
+                out[i:j] = self._update(e[i:j], a_pos, a_neg, w)
+            outs.append(out)
+        return outs[0], outs[1]
 
     def _update(self, e: Tensor, a_pos: Tensor, a_neg: Tensor | None, w: _SideWeights | None) -> Tensor:
         """m = W_self e + W1 a+ + W2 (e * a+) + W3 a- + W4 (e * a-), then psi; e, a [N, d]."""

@@ -97,14 +97,24 @@ class CoPLGNN(nn.Module):
     def embed_all(self, graph: SignedGraph, batch_users: int | None = None) -> tuple[Tensor, Tensor]:
         """Full-graph final embeddings (e_user [n_users, d], e_resp [n_responses, d]) for export.
 
-        No gradients. ``batch_users`` (unused by the computation, accepted for API stability) is
-        reserved for a chunked propagation; full-graph propagation holds ~8 [N, d] tensors.
+        No gradients. ``batch_users``: update this many rows (users, and responses) at a time
+        within each layer, so the layer's [N, d] temporaries (aggregates, Hadamard products, matrix
+        products; ~8 of them unchunked) shrink to [batch_users, d]; two [N, d] embedding tables
+        per side remain. None: one unchunked `forward`.
         """
         if (graph.n_users, graph.n_responses) != (self.cfg.n_users, self.cfg.n_responses):
             raise ValueError(f"graph has {graph.n_users} users / {graph.n_responses} responses, model was"
                              f" built for {self.cfg.n_users} / {self.cfg.n_responses}")
         device = self.user_emb.weight.device
-        return self(SignedEdges.from_graph(graph).to(device))
+        edges = SignedEdges.from_graph(graph).to(device)
+        if batch_users is None:
+            return self(edges)
+        if batch_users < 1:
+            raise ValueError(f"batch_users must be >= 1, got {batch_users}")
+        e_u, e_r = self.user_emb.weight, self.resp_emb.weight
+        for conv in self.convs:
+            e_u, e_r = conv.forward_chunked(e_u, e_r, edges, batch_users)
+        return e_u, e_r
 
 
 def btl_loss(e_user: Tensor, e_chosen: Tensor, e_rejected: Tensor, l2: float = 0.0,

@@ -57,6 +57,16 @@ class Adjacency:
             self._t = Adjacency(self.cols, self.rows, self.vals, self.shape[1], self.shape[0], transpose=self)
         return self._t
 
+    def row_block(self, start: int, stop: int) -> Tensor:
+        """CSR of rows [start, stop) (a view-like slice, no sort), for chunked no-grad products."""
+        csr = self.csr
+        crow = csr.crow_indices()[start:stop + 1]
+        lo, hi = int(crow[0]), int(crow[-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow - lo, csr.col_indices()[lo:hi], csr.values()[lo:hi],
+                                           (stop - start, self.shape[1]))
+
     @property
     def nnz(self) -> int:
         return int(self.rows.numel())
