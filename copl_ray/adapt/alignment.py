@@ -105,9 +105,14 @@ def segment_softmax(scores: torch.Tensor, indptr: np.ndarray) -> torch.Tensor:
 
 
 def aggregate_batch(e_user: torch.Tensor, nbr_indptr: np.ndarray, nbr_users: np.ndarray,
-                    w: torch.Tensor) -> torch.Tensor:
-    """Per batch user sum_u w_u e_u: returns [B, d] (zero rows for empty segments)."""
+                    w: torch.Tensor, chunk_elems: int = 1 << 23) -> torch.Tensor:
+    """Per batch user sum_u w_u e_u: returns [B, d] (zero rows for empty segments). Entries are
+    gathered ``chunk_elems / d`` at a time (a 1M-user graph gives ~6.5k neighbours per user)."""
     n_seg = len(nbr_indptr) - 1
     seg = torch.from_numpy(np.repeat(np.arange(n_seg), np.diff(nbr_indptr)))
     out = torch.zeros(n_seg, e_user.shape[1])
-    return out.index_add_(0, seg, e_user[torch.from_numpy(nbr_users)] * w[:, None])
+    step = max(1, chunk_elems // max(1, e_user.shape[1]))
+    for s in range(0, len(nbr_users), step):
+        rows = e_user[torch.from_numpy(nbr_users[s:s + step])] * w[s:s + step, None]
+        out.index_add_(0, seg[s:s + step], rows)
+    return out
