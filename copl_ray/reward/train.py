@@ -8,7 +8,8 @@ transformer block of the backbone (the classes HF lists in ``_no_split_modules``
 root; frozen backbone weights are sharded too (FSDP2 keeps ``requires_grad`` per parameter, so a
 block mixing frozen base weights and trainable LoRA factors is one unit). The optimizer is built
 after sharding and sees only trainable parameters. On GPU params are gathered in bf16 and
-gradients reduced in fp32; on CPU (gloo) everything stays fp32.
+gradients reduced in fp32; on CPU (gloo) everything stays fp32. ``gradient_checkpointing=true``
+turns on the backbone's non-reentrant activation checkpointing (through the model config).
 
 Checkpoints: ``torch.distributed.checkpoint`` (DCP) of the trainable model state and the optimizer
 state, written by every rank into its own folder and reported with ``ray.train.report`` (Ray merges
@@ -144,6 +145,7 @@ def probe_rewards(model, probe: dict, device) -> torch.Tensor:
 def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker. ``config = {"job": TrainRewardConfig as dict}``."""
     import ray.train
+    import ray.train.torch
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict,
     )
