@@ -168,3 +168,27 @@ def test_baselines_learn_what_they_can(kind):
         assert 0.3 <= acc <= 0.7
     else:
         assert acc > 0.95
+
+
+def test_trimmed_sampled_forward_equals_untrimmed_on_seeds_values_and_gradients():
+    """Layer l updating only nodes within L-1-l hops (edges.user_hops) changes nothing for the seeds."""
+    import dataclasses
+
+    u, a, b, n_u, n_r = _two_group_triples(n_users=40, seed=3)
+    g = SignedGraph.from_triples(u, a, b, n_u, n_r)
+    torch.manual_seed(0)
+    model = CoPLGNN(GNNConfig(n_u, n_r, dim=8, num_layers=3))
+    sub = NeighborSampler(g, [3, 2, 2], seed=1).sample(torch.tensor([4, 30]), torch.tensor([1, 6, 7]))
+    assert sub.edges.user_hops.tolist()[0] == 2 and sub.edges.user_hops[-1] == len(sub.user_nodes)
+    full_edges = dataclasses.replace(sub.edges, user_hops=None, resp_hops=None, _cache={})
+    grads = []
+    for edges in (sub.edges, full_edges):
+        model.zero_grad()
+        e_u, e_r = model(edges, sub.user_nodes, sub.resp_nodes)
+        out = torch.cat([e_u[:2], e_r[:3]])
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert e_u.shape[0] == len(sub.user_nodes)  # untrimmed: every node
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-6, rtol=1e-5)
+    for g0, g1 in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)

@@ -86,16 +86,22 @@ class SignedBipartiteConv(nn.Module):
             if side is not None:
                 side.reset_parameters()
 
-    def forward(self, e_user: Tensor, e_resp: Tensor, edges: SignedEdges) -> tuple[Tensor, Tensor]:
+    def forward(self, e_user: Tensor, e_resp: Tensor, edges: SignedEdges,
+                n_out: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """([Nu, d], [Nr, d]); with ``n_out = (ou, or)`` only the first ou users / or responses
+        ([ou, d], [or, d]): a sampled subgraph's nodes near enough to the seeds to matter."""
         nu, nr = e_user.shape[0], e_resp.shape[0]
-        adj = lambda pos, to: edges.adjacency(pos, to, nu, nr)  # noqa: E731
+        ou, o_r = n_out if n_out is not None else (nu, nr)
+        adj = lambda pos, to: edges.adjacency(pos, to, nu, nr, None if n_out is None else  # noqa: E731
+                                              (ou if to == "user" else o_r))
         # Aggregates first (sparse, no per-edge vectors), from layer-l embeddings of both sides.
         a_u_pos, a_r_pos = adj(True, "user") @ e_resp, adj(True, "resp") @ e_user
         a_u_neg = a_r_neg = None
         if self.negative_edges:
             a_u_neg, a_r_neg = adj(False, "user") @ e_resp, adj(False, "resp") @ e_user
-        out_u = self._update(e_user, a_u_pos, a_u_neg, self.user)
-        out_r = self._update(e_resp, a_r_pos, a_r_neg, self.user if self.variant == "official" else self.resp)
+        out_u = self._update(e_user[:ou], a_u_pos, a_u_neg, self.user)
+        out_r = self._update(e_resp[:o_r], a_r_pos, a_r_neg,
+                             self.user if self.variant == "official" else self.resp)
         return out_u, out_r
 
     @torch.no_grad()

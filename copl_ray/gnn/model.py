@@ -86,11 +86,20 @@ class CoPLGNN(nn.Module):
                 global) or a sampled `Subgraph.edges`.
             user_nodes: [nu] global ids of the subgraph's users (row i = local user i); None = all.
             resp_nodes: [nr] likewise for responses.
+        Returns:
+            full graph: all rows. A sampled subgraph from a sampler with ``len(fanouts) ==
+            num_layers`` (``edges.user_hops`` set): only the seed rows, e_user [n_seed_users, d] and
+            e_resp [n_seed_resps, d], since layer l updates only the nodes within L-1-l hops.
         """
         e_u = self.user_emb.weight if user_nodes is None else self.user_emb(user_nodes)
         e_r = self.resp_emb.weight if resp_nodes is None else self.resp_emb(resp_nodes)
-        for conv in self.convs:
-            e_u, e_r = conv(e_u, e_r, edges)
+        L = len(self.convs)
+        hu, hr = edges.user_hops, edges.resp_hops
+        trim = hu is not None and hr is not None and len(hu) == len(hr) == L + 1
+        for layer, conv in enumerate(self.convs):
+            # Layer l only needs nodes within L-1-l hops of the seeds (the rest cannot reach them).
+            n_out = (int(hu[L - 1 - layer]), int(hr[L - 1 - layer])) if trim else None
+            e_u, e_r = conv(e_u, e_r, edges, n_out=n_out)
         return e_u, e_r
 
     @torch.no_grad()

@@ -48,6 +48,10 @@ class SignedEdges:
         pos_norm_to_resp, neg_norm_to_resp: [E+] / [E-] weights in the RESPONSE update (Eq. 12);
             ``None`` means the same as ``pos_norm`` / ``neg_norm`` (full graph). A weight of 0
             means the edge carries no message in that direction (a sampled subgraph).
+        user_hops, resp_hops: [H+1] int64 (sampled subgraphs only): entry h = number of local
+            users / responses found within h hops of the seeds (local ids are numbered hop by hop,
+            seeds first). `CoPLGNN` uses them to update at layer l only the nodes within L-1-l
+            hops (PyG's ``trim_to_layer``): the others' values could not reach the seeds.
     """
 
     pos_user: Tensor
@@ -58,6 +62,8 @@ class SignedEdges:
     neg_norm: Tensor
     pos_norm_to_resp: Tensor | None = None
     neg_norm_to_resp: Tensor | None = None
+    user_hops: Tensor | None = None
+    resp_hops: Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -70,38 +76,51 @@ class SignedEdges:
         move = (lambda t: None if t is None else t.to(device))
         return SignedEdges(*(move(getattr(self, n)) for n in (
             "pos_user", "pos_resp", "pos_norm", "neg_user", "neg_resp", "neg_norm",
-            "pos_norm_to_resp", "neg_norm_to_resp")))
+            "pos_norm_to_resp", "neg_norm_to_resp", "user_hops", "resp_hops")))
 
     @property
     def num_edges(self) -> int:
         return int(self.pos_user.numel() + self.neg_user.numel())
 
-    def adjacency(self, positive: bool, to: str, n_users: int, n_resps: int) -> Adjacency:
+    def adjacency(self, positive: bool, to: str, n_users: int, n_resps: int,
+                  n_out: int | None = None) -> Adjacency:
         """Weighted adjacency for one sign and message direction (cached).
 
         ``to="user"``: A [n_users, n_resps], (A e_resp)[u] = sum_r w_{u,r} e_r (Eq. 2);
-        ``to="resp"``: A [n_resps, n_users] (Eq. 12).
+        ``to="resp"``: A [n_resps, n_users] (Eq. 12). ``n_users``/``n_resps``: rows of the input
+        embedding tables. ``n_out``: keep only the first ``n_out`` target rows (a sampled subgraph,
+        whose nodes are numbered hop by hop: layer l only needs the nodes within L-1-l hops).
         """
-        key = (positive, to, n_users, n_resps)
+        if to not in ("user", "resp"):
+            raise ValueError(f"to must be 'user' or 'resp', got {to!r}")
+        key = (positive, to, n_users, n_resps, n_out)
         if key in self._cache:
             return self._cache[key]
         u, r, w = ((self.pos_user, self.pos_resp, self.pos_norm) if positive
                    else (self.neg_user, self.neg_resp, self.neg_norm))
         w_r = self.pos_norm_to_resp if positive else self.neg_norm_to_resp
-        if to not in ("user", "resp"):
-            raise ValueError(f"to must be 'user' or 'resp', got {to!r}")
-        if w_r is None:
+        if w_r is None and n_out is None:
             # Symmetric weights: one matrix per sign, its transpose is the other direction (and
             # each one's backward uses the other, so nothing is sorted twice).
             to_user = Adjacency(u, r, w, n_users, n_resps)
-            self._cache[(positive, "user", n_users, n_resps)] = to_user
-            self._cache[(positive, "resp", n_users, n_resps)] = to_user.t()
-        else:
-            keep_u, keep_r = w != 0, w_r != 0
-            self._cache[(positive, "user", n_users, n_resps)] = Adjacency(
-                u[keep_u], r[keep_u], w[keep_u], n_users, n_resps)
-            self._cache[(positive, "resp", n_users, n_resps)] = Adjacency(
-                r[keep_r], u[keep_r], w_r[keep_r], n_resps, n_users)
+            self._cache[(positive, "user", n_users, n_resps, None)] = to_user
+            self._cache[(positive, "resp", n_users, n_resps, None)] = to_user.t()
+            return self._cache[key]
+        rows, cols, vals = (u, r, w) if to == "user" else (r, u, w if w_r is None else w_r)
+        if w_r is not None:
+            keep = vals != 0  # edges sampled by the other side carry nothing this way
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        n_rows, n_cols = (n_users, n_resps) if to == "user" else (n_resps, n_users)
+        if n_out is not None:
+            if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+                order = torch.sort(rows, stable=True).indices
+                rows, cols, vals = rows[order], cols[order], vals[order]
+            m = int(torch.searchsorted(rows, torch.tensor(n_out, device=rows.device)))
+            rows, cols, vals, n_rows = rows[:m], cols[:m], vals[:m], n_out
+            if m and int(cols.max()) >= n_cols:
+                raise ValueError(f"edges of the first {n_out} targets reach source {int(cols.max())} but"
+                                 f" only {n_cols} source rows were given (hop sizes do not match)")
+        self._cache[key] = Adjacency(rows, cols, vals, n_rows, n_cols)
         return self._cache[key]
 
 
@@ -139,12 +158,13 @@ def floyd_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
 
 
 def sample_csr(indptr: np.ndarray, targets: np.ndarray, fanout: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """At most ``fanout`` CSR entries per target, without replacement.
 
     Returns:
-        owner [S] (position in ``targets`` of the node that sampled the entry; non-decreasing)
-        and pos [S] (index into the CSR arrays), grouped by target in ``targets`` order.
+        owner [S] (position in ``targets`` of the node that sampled the entry; non-decreasing),
+        pos [S] (index into the CSR arrays), grouped by target in ``targets`` order, and per
+        target its degree deg [T] and number kept k [T] = min(deg, fanout).
     """
     start = indptr[targets]
     deg = indptr[targets + 1] - start
@@ -161,7 +181,7 @@ def sample_csr(indptr: np.ndarray, targets: np.ndarray, fanout: int,
     if len(part):
         picks = floyd_offsets(deg[part], fanout, rng) + start[part, None]
         pos[(offs[part][:, None] + np.arange(fanout)).ravel()] = picks.ravel()
-    return owner, pos
+    return owner, pos, deg, k
 
 
 class _NodeSet:
@@ -230,23 +250,24 @@ class NeighborSampler:
         for name, rows, cols, n in (("user", u, r, graph.n_users), ("resp", r[by_r], u[by_r], graph.n_responses)):
             indptr = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-            out[name] = (indptr, np.ascontiguousarray(cols))
+            deg = np.diff(indptr).astype(np.float32)
+            # 1/sqrt(deg), 0 for isolated nodes (never a message source)
+            isd = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg), where=deg > 0)
+            out[name] = (indptr, np.ascontiguousarray(cols), isd)
         return out
 
     def _hop(self, targets_local: np.ndarray, targets_global: np.ndarray, side: str, fanout: int,
              positive: bool, other: _NodeSet):
         """Sample one sign's neighbours of ``targets``; returns (target local, source local, weight)."""
-        indptr, cols = self.csr[positive][side]
-        indptr_o = self.csr[positive]["resp" if side == "user" else "user"][0]
-        owner, pos = sample_csr(indptr, targets_global, fanout, self.rng)
+        indptr, cols, _ = self.csr[positive][side]
+        isd_src = self.csr[positive]["resp" if side == "user" else "user"][2]
+        owner, pos, deg, k = sample_csr(indptr, targets_global, fanout, self.rng)
         src = cols[pos]
         other.add(src)
-        deg_t = (indptr[targets_global + 1] - indptr[targets_global])[owner].astype(np.float64)
-        deg_s = (indptr_o[src + 1] - indptr_o[src]).astype(np.float64)
-        k = np.minimum(deg_t, fanout)
-        # alpha with full-graph degrees, times deg_t / k_t (unbiased for the full-graph sum).
-        w = (deg_t / k) / np.sqrt(deg_t * deg_s)
-        return targets_local[owner], other.local[src], w.astype(np.float32)
+        # alpha with full-graph degrees, times deg_t / k_t (unbiased for the full-graph sum):
+        # (deg_t / k_t) / sqrt(deg_t deg_s) = sqrt(deg_t) / k_t * deg_s^-1/2.
+        scale = (np.sqrt(deg) / np.maximum(k, 1)).astype(np.float32)
+        return targets_local[owner], other.local[src], scale[owner] * isd_src[src]
 
     def sample(self, seed_users: Tensor | np.ndarray, seed_resps: Tensor | np.ndarray) -> Subgraph:
         """The ``len(fanouts)``-hop neighbourhood of distinct seed users [Bu] and responses [Br]."""
@@ -261,6 +282,7 @@ class NeighborSampler:
                 raise ValueError("seed_users and seed_resps must each be distinct (e.g. torch.unique)")
             parts = {True: [], False: []}  # sign -> [(user, resp, w_to_user, w_to_resp)]
             fu, fr = su, sr  # frontier (global ids); their local ids are users.local[fu]
+            hops_u, hops_r = [users.count], [resps.count]
             for fanout in self.fanouts:
                 n_u, n_r = users.count, resps.count
                 for positive in self.csr:
@@ -270,6 +292,8 @@ class NeighborSampler:
                     parts[positive].append((s, t, np.zeros_like(w), w))
                 fu = users.nodes()[n_u:]  # found at this hop: expanded at the next
                 fr = resps.nodes()[n_r:]
+                hops_u.append(users.count)
+                hops_r.append(resps.count)
             user_nodes, resp_nodes = users.nodes(), resps.nodes()
         finally:
             users.reset(users.nodes())
@@ -278,5 +302,6 @@ class NeighborSampler:
                [torch.zeros(0, dtype=torch.int64)] * 2 + [torch.zeros(0)] * 2 for sign, p in parts.items()}
         pu, pr, pw, pw_r = cat[True]
         nu, nr, nw, nw_r = cat[False]
-        edges = SignedEdges(pu, pr, pw, nu, nr, nw, pos_norm_to_resp=pw_r, neg_norm_to_resp=nw_r)
+        edges = SignedEdges(pu, pr, pw, nu, nr, nw, pos_norm_to_resp=pw_r, neg_norm_to_resp=nw_r,
+                            user_hops=torch.tensor(hops_u), resp_hops=torch.tensor(hops_r))
         return Subgraph(torch.from_numpy(user_nodes), torch.from_numpy(resp_nodes), edges)

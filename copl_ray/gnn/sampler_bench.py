@@ -1,0 +1,118 @@
+"""Micro-benchmark of `NeighborSampler` (and one sampled GNN step) on a random large graph.
+
+    python -m copl_ray.gnn.sampler_bench --users 1000000 --fanouts 10,10,5,5
+    (jobs/bench_gnn.py can call `benchmark_sampler` and put the dict in its metrics.)
+
+The graph: ``per_user`` annotations per user, each a (chosen, rejected) pair of two of the
+``responses_per_prompt`` responses of a uniformly drawn prompt, so 1M users x 16 gives ~32M signed
+edges (the issue's scale). Figures are wall-clock medians on whatever machine runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+import torch
+
+from copl_ray.gnn.sampler import NeighborSampler
+from copl_ray.graph.signed_graph import SignedGraph
+
+__all__ = ["random_graph", "benchmark_sampler"]
+
+
+def random_graph(n_users: int, n_prompts: int, responses_per_prompt: int = 4, per_user: int = 16,
+                 seed: int = 0) -> tuple[SignedGraph, np.ndarray]:
+    """(graph, triples [N, 3] of (user, chosen, rejected)) with N = n_users * per_user."""
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    user = np.repeat(np.arange(n_users, dtype=np.int64), per_user)
+    prompt = rng.integers(0, n_prompts, n)
+    i = rng.integers(0, responses_per_prompt, n)
+    j = (i + rng.integers(1, responses_per_prompt, n)) % responses_per_prompt
+    chosen, rejected = prompt * responses_per_prompt + i, prompt * responses_per_prompt + j
+    graph = SignedGraph.from_triples(user, chosen, rejected, n_users, n_prompts * responses_per_prompt)
+    return graph, np.stack([user, chosen, rejected], 1)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_user: int = 16,
+                      fanouts: tuple[int, ...] = (10, 10, 5, 5), batch_pairs: int = 1024, repeats: int = 5,
+                      dim: int = 0, seed: int = 0, graph: SignedGraph | None = None,
+                      triples: np.ndarray | None = None) -> dict:
+    """Time `NeighborSampler.sample` for batches of ``batch_pairs`` random training triples.
+
+    ``dim > 0`` also times one forward+backward of a ``CoPLGNN`` (d=dim, L=len(fanouts)) on each
+    sampled subgraph. Returns a flat dict of figures (seconds, counts, MiB).
+    """
+    out: dict = {"n_users": n_users, "fanouts": list(fanouts), "batch_pairs": batch_pairs}
+    t = time.perf_counter()
+    if graph is None:
+        graph, triples = random_graph(n_users, n_prompts, per_user=per_user, seed=seed)
+    out.update(graph_build_s=time.perf_counter() - t, n_responses=graph.n_responses,
+               n_edges=graph.num_edges)
+    t = time.perf_counter()
+    sampler = NeighborSampler(graph, list(fanouts), seed=seed)
+    out["sampler_init_s"] = time.perf_counter() - t
+    model = opt = None
+    if dim:
+        from copl_ray.gnn.model import CoPLGNN, GNNConfig, btl_loss
+
+        torch.manual_seed(seed)
+        model = CoPLGNN(GNNConfig(graph.n_users, graph.n_responses, dim=dim, num_layers=len(fanouts)))
+    rng = np.random.default_rng(seed + 1)
+    times, steps, nodes, edges = [], [], [], []
+    for _ in range(repeats):
+        idx = rng.integers(0, len(triples), batch_pairs)
+        u, a, b = (torch.from_numpy(triples[idx, c]) for c in range(3))
+        t = time.perf_counter()
+        su, inv_u = torch.unique(u, return_inverse=True)
+        sr, inv_r = torch.unique(torch.cat([a, b]), return_inverse=True)
+        sub = sampler.sample(su, sr)
+        times.append(time.perf_counter() - t)
+        nodes.append(len(sub.user_nodes) + len(sub.resp_nodes))
+        edges.append(sub.edges.num_edges)
+        if model is not None:
+            t = time.perf_counter()
+            e_u, e_r = model(sub.edges, sub.user_nodes, sub.resp_nodes)
+            loss = btl_loss(e_u[inv_u], e_r[inv_r[:batch_pairs]], e_r[inv_r[batch_pairs:]])
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            steps.append(time.perf_counter() - t)
+    out.update(sample_s_median=float(np.median(times)), sample_s_min=float(np.min(times)),
+               sampled_nodes_median=int(np.median(nodes)), sampled_edges_median=int(np.median(edges)),
+               peak_rss_mb=_rss_mb())
+    if steps:
+        out.update(dim=dim, fwd_bwd_s_median=float(np.median(steps)))
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--prompts", type=int, default=10_000)
+    p.add_argument("--per-user", type=int, default=16)
+    p.add_argument("--fanouts", default="10,10,5,5", help="comma-separated; several sets with ';'")
+    p.add_argument("--batch-pairs", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dim", type=int, default=0, help="> 0: also time a GNN forward+backward")
+    args = p.parse_args(argv)
+    graph, triples = random_graph(args.users, args.prompts, per_user=args.per_user)
+    results = []
+    for spec in args.fanouts.split(";"):
+        fanouts = tuple(int(f) for f in spec.split(","))
+        r = benchmark_sampler(args.users, args.prompts, args.per_user, fanouts, args.batch_pairs,
+                              args.repeats, args.dim, graph=graph, triples=triples)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()
