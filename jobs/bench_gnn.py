@@ -3,6 +3,7 @@
     nice python jobs/bench_gnn.py                               # both parts, datasets generated
     python jobs/bench_gnn.py part=speed speed_dataset=D         # (a) only, on an existing dataset
     python jobs/bench_gnn.py part=scale scale_dataset=D scale_steps=20
+    python jobs/bench_gnn.py part=accuracy accuracy_datasets=[D1,D2]   # table with the baselines
 
 (a) ``speed``: time to reach ``target_accuracy`` on held-out train pairs (``holdout_fraction``),
     default training (neighbour-sampled batches) against the official approach (full-graph
@@ -40,7 +41,7 @@ class BenchGNNConfig(JobConfig):
     """jobs/bench_gnn.py: time-to-accuracy (sampled vs full graph) and the 1M-user scale run."""
 
     output_dir: str = "runs/bench_gnn"
-    part: Literal["all", "speed", "scale"] = "all"
+    part: Literal["all", "speed", "scale", "accuracy"] = "all"
     num_workers: int = Field(2, ge=1)
     # (a)
     speed_dataset: str | None = Field(None, description="default: generate ufp4 ALL, speed_n_users")
@@ -50,6 +51,9 @@ class BenchGNNConfig(JobConfig):
     eval_every_steps: int = Field(20, ge=1)
     max_epochs: int = Field(20, ge=1, description="give up after this many epochs")
     train_overrides: list[str] = Field(default_factory=list, description="extra train_gnn key=value")
+    # accuracy table (not part of "all": sixteen trainings)
+    accuracy_datasets: list[str] = Field(default_factory=list, description="dataset folders")
+    accuracy_models: list[str] = Field(default_factory=lambda: ["copl", "learnable", "uniform", "lore"])
     # (b)
     scale_dataset: str | None = Field(None, description="default: generate ufp4 ALL, scale_n_users")
     scale_n_users: int = Field(1_000_000, ge=10)
@@ -159,6 +163,31 @@ def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
     return res
 
 
+def accuracy_table(cfg: BenchGNNConfig, out: Path) -> dict:
+    """jobs/train_gnn.py per dataset x model, same splits and metric; prints one table."""
+    job = _train_job()
+    table = {}
+    for dataset in cfg.accuracy_datasets:
+        name = Path(dataset).name
+        for model in cfg.accuracy_models:
+            m = job.main([f"dataset={dataset}", f"output_dir={out / 'accuracy' / name / model}",
+                          f"model={model}", f"num_workers={cfg.num_workers}",
+                          f"holdout_fraction={cfg.holdout_fraction}", *cfg.train_overrides])
+            table.setdefault(name, {})[model] = {
+                "holdout_accuracy": m["gnn_holdout_accuracy"],
+                "holdout_coverage": m["gnn_holdout_pairs"]["coverage"],
+                "test_accuracy": m["gnn_test_accuracy"], "test_coverage": m["gnn_test_pairs"]["coverage"],
+                "by_group": m["gnn_holdout_accuracy_by_group"], "seconds_fit": m["seconds_fit"]}
+    models = cfg.accuracy_models
+    print("[accuracy] holdout accuracy (%) on train pairs kept out of the graph")
+    print("[accuracy] " + f"{'dataset':24s}" + "".join(f"{m:>11s}" for m in models) + "   coverage")
+    for name, row in table.items():
+        cells = "".join(f"{100 * row[m]['holdout_accuracy']:11.2f}" if row[m]["holdout_accuracy"] is not None
+                        else f"{'n/a':>11s}" for m in models)
+        print(f"[accuracy] {name:24s}{cells}   {row[models[0]]['holdout_coverage']:.3f}")
+    return table
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(BenchGNNConfig, argv)
     out = Path(cfg.output_dir)
@@ -169,6 +198,8 @@ def main(argv=None) -> dict:
         metrics["speed"] = bench_speed(cfg, out)
     if cfg.part in ("all", "scale"):
         metrics["scale"] = bench_scale(cfg, out)
+    if cfg.part == "accuracy":
+        metrics["accuracy"] = accuracy_table(cfg, out)
     write_metrics(metrics, out)
     return metrics
 

@@ -91,9 +91,6 @@ def main(argv=None) -> dict:
             e_user, e_resp, h.user, h.chosen, h.rejected, response_in_graph, kind=h.kind,
             user_group=built.user_group)))
     export_gnn_dir(cfg.output_dir, g, built.user_map, built.response_map, e_user, e_resp, model,
-                   model_meta={"model": cfg.model, "dim": cfg.dim, "num_layers": cfg.num_layers,
-                               "n_users": g.n_users, "n_responses": g.n_responses,
-                               "model_options": cfg.model_options},
                    embedding_meta={"model": cfg.model})
     history = state["history"]
     metrics.update({

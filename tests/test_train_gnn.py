@@ -141,7 +141,7 @@ def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_dataset, t
 @pytest.mark.integration
 def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_dataset, tmp_path):
     from copl_ray.embeddings import read_embeddings
-    from copl_ray.gnn.export import read_model_meta
+    from copl_ray.gnn.model import CoPLGNN, load_model
     from copl_ray.graph.id_map import IdMap
     from copl_ray.graph.signed_graph import SignedGraph
 
@@ -160,6 +160,11 @@ def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_da
     assert len(rids) == pq.read_metadata(small_dataset / "responses.parquet").num_rows
     graph = SignedGraph.load(out)
     assert graph.n_users == 200 and graph.num_edges == 2 * m["graph"]["n_train_annotations"]
-    assert read_model_meta(out / "model.safetensors")["model"] == "copl"
+    # The saved model reproduces the exported embeddings (what adaptation relies on).
+    model = load_model(out / "model.safetensors")
+    assert isinstance(model, CoPLGNN) and model.cfg.dim == 32
+    e_user, e_resp = model.embed_all(graph)
+    np.testing.assert_allclose(e_user.numpy(), emb, atol=1e-5)
+    np.testing.assert_allclose(e_resp.numpy(), remb, atol=1e-5)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["gnn_test_pairs"]["total"] == 2000 and "gnn_holdout_accuracy_by_group" in saved

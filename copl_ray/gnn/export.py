@@ -5,7 +5,7 @@ users.parquet          CONTRACT 3 (user_id, embedding); rows in dense-index orde
 responses.parquet      CONTRACT 3 (response_id, embedding); rows in dense-index order
 user_index.parquet     IdMap of users; response_index.parquet IdMap of responses
 graph.safetensors      SignedGraph (dense indices)
-model.safetensors      weights + metadata (format_version, model kind and hyper-parameters as JSON)
+model.safetensors      `copl_ray.gnn.model.save_model`: weights + format_version, kind, config JSON
 ```
 
 ``metrics.json`` and ``config.yaml`` are written by the job. Every file is written atomically by
@@ -14,45 +14,20 @@ its writer, and the embedding files last, so a reader that finds ``users.parquet
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from copl_ray.embeddings import write_embeddings
+from copl_ray.gnn.model import save_model
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
-__all__ = ["MODEL_FILE", "MODEL_FORMAT_VERSION", "write_model_file", "read_model_meta", "export_gnn_dir"]
-
 MODEL_FILE = "model.safetensors"
-MODEL_FORMAT_VERSION = "1"
 
-
-def write_model_file(model: torch.nn.Module, path: str | os.PathLike, meta: dict) -> Path:
-    """Weights of ``model`` (contiguous, shared storage split) + JSON ``meta`` in the header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    header = {"format_version": MODEL_FORMAT_VERSION, "model": json.dumps(meta, sort_keys=True)}
-    tmp = path.parent / f".{path.name}.tmp"
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
-    return path
-
-
-def read_model_meta(path: str | os.PathLike) -> dict:
-    """The JSON ``meta`` stored by `write_model_file`; raises naming the file on a bad version."""
-    with safe_open(str(path), framework="pt") as fh:
-        header = fh.metadata() or {}
-    if header.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{path}: model format_version {header.get('format_version')!r} is not"
-                         f" {MODEL_FORMAT_VERSION!r}")
-    return json.loads(header["model"])
+__all__ = ["export_gnn_dir"]
 
 
 def export_gnn_dir(
@@ -63,7 +38,6 @@ def export_gnn_dir(
     e_user: torch.Tensor | np.ndarray,
     e_resp: torch.Tensor | np.ndarray,
     model: torch.nn.Module,
-    model_meta: dict,
     embedding_meta: dict | None = None,
 ) -> dict[str, Path]:
     """Write the gnn_dir artifacts.
@@ -71,7 +45,6 @@ def export_gnn_dir(
     Args:
         e_user: [n_users, d] final user embeddings e_u^(L), dense order of ``user_map``.
         e_resp: [n_responses, d] final response embeddings e_r^(L), dense order of ``response_map``.
-        model_meta: JSON-able model description (kind, hyper-parameters) stored with the weights.
         embedding_meta: optional producer metadata for the embedding files.
     Returns:
         name -> path of every file written.
@@ -88,7 +61,8 @@ def export_gnn_dir(
         "user_index": user_map.save(out / "user_index.parquet"),
         "response_index": response_map.save(out / "response_index.parquet"),
         "graph": graph.save(out),
-        "model": write_model_file(model, out / MODEL_FILE, model_meta),
+        # `save_model` records kind + config, so `load_model` rebuilds any of the four models.
+        "model": save_model(getattr(model, "module", model), out / MODEL_FILE),
     }
     meta = {"producer": "train_gnn", **(embedding_meta or {})}
     paths["responses"] = write_embeddings(out / "responses.parquet", "response_id", response_map.ids,

@@ -226,11 +226,16 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     spe = len(rank_batches(n_train, 0, cfg, rank, world))
     scheduler = cosine_with_warmup(optimizer, spe * cfg.epochs, cfg.warmup_ratio)
-    sampler = None
-    if cfg.mode == "sampled":
+    sampler = full_edges = None
+    if _is_gnn(model) and cfg.mode == "sampled":
         from copl_ray.gnn.sampler import NeighborSampler
 
-        sampler = NeighborSampler(graph, list(cfg.fanouts), seed=cfg.seed * 1000 + rank)
+        sampler = NeighborSampler(graph, list(cfg.fanouts), seed=cfg.seed * 1000 + rank,
+                                  negative_edges=cfg.model_options.get("negative_edges", True))
+    elif _is_gnn(model):
+        from copl_ray.gnn.sampler import SignedEdges
+
+        full_edges = SignedEdges.from_graph(graph).to(device)
 
     state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0,
              "restored_from_epoch": None, "stopped_early": False}
@@ -265,7 +270,7 @@ def train_loop_per_worker(config: dict) -> None:
         t_epoch = t_epoch_start = time.perf_counter()
         for idx in rank_batches(n_train, epoch, cfg, rank, world):
             u, a, r = (torch.from_numpy(x[idx]).to(device) for x in (train_u, train_a, train_b))
-            s_a, s_b = batch_scores(model, graph, u, a, r, sampler=sampler, device=device)
+            s_a, s_b = batch_scores(model, u, a, r, sampler=sampler, full_edges=full_edges, device=device)
             loss = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -337,21 +342,22 @@ def _is_gnn(model: torch.nn.Module) -> bool:
     return isinstance(_unwrap(model), CoPLGNN)
 
 
-def batch_scores(model, graph: SignedGraph, user: torch.Tensor, chosen: torch.Tensor,
-                 rejected: torch.Tensor, sampler=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
+                 sampler=None, full_edges=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_{u,a} [B], s_{u,b} [B]) for a batch of triples (dense indices, each [B]).
 
     GNN: embeddings over the sampled neighbourhood of the batch's users and responses (``sampler``)
-    or over the full graph (``sampler=None``). Baselines have no propagation and score directly.
+    or over the full graph (``full_edges``: `SignedEdges` built once, so its sparse adjacency is
+    cached across steps as a full-graph trainer would keep it). Baselines score pairs directly.
     """
-    from copl_ray.gnn.sampler import SignedEdges
-
     if not _is_gnn(model):
         # One forward for both sides: DDP allows one forward per backward.
         s = model(torch.cat([user, user]), torch.cat([chosen, rejected]))
         return s[:len(user)], s[len(user):]
     if sampler is None:
-        e_user, e_resp = model(SignedEdges.from_graph(graph).to(device))
+        if full_edges is None:
+            raise ValueError("batch_scores: a GNN needs a sampler or full_edges")
+        e_user, e_resp = model(full_edges)
         e_u = e_user[user]
         return (e_u * e_resp[chosen]).sum(-1), (e_u * e_resp[rejected]).sum(-1)
     seed_users, inv_u = torch.unique(user, return_inverse=True)
