@@ -122,6 +122,8 @@ class PersonalRewardModel(nn.Module):
         bb = load_backbone(cfg.backbone, cfg.dtype, cfg.backbone_seed, with_tokenizer, device)
         self.backbone, self.tokenizer, self.backbone_source = bb.model, bb.tokenizer, bb.source
         config = self.backbone.config
+        if getattr(config, "use_cache", False):
+            config.use_cache = False  # a reward is one forward: no KV cache to build or keep
         self.encoder = is_encoder(config)
         self.pooling = cfg.pooling if cfg.pooling != "auto" else ("mean" if self.encoder else "last")
         self._frozen_names = {n for n, _ in self.backbone.named_parameters()}
