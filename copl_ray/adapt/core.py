@@ -233,13 +233,9 @@ def _adapt_chunk(art: GNNArtifacts, pu: np.ndarray, chosen: np.ndarray, rejected
             parts.append((np.repeat(still, sample.size), np.tile(sample, still.size)))
     nbr_indptr, nbr_users = _merge_rows(B, parts)
 
-    if p.weighting == "uniform":
-        w = al.segment_softmax(torch.zeros(len(nbr_users)), nbr_indptr)  # softmax of zeros = 1/N
-    else:
-        delta = art.e_resp[torch.from_numpy(chosen)] - art.e_resp[torch.from_numpy(rejected)]
-        gamma = al.gamma_batch(art.e_user, nbr_indptr, nbr_users, delta, pair_indptr)
-        w = al.segment_softmax(gamma / p.kappa, nbr_indptr)
-    emb = al.aggregate_batch(art.e_user, nbr_indptr, nbr_users, w)
+    delta = art.e_resp[torch.from_numpy(chosen)] - art.e_resp[torch.from_numpy(rejected)]
+    emb = al.align_batch(art.e_user, nbr_indptr, nbr_users, delta, pair_indptr, p.kappa,
+                         uniform=p.weighting == "uniform")
     emb[torch.from_numpy(n_ann == 0)] = art.population_mean
     return emb, np.diff(nbr_indptr), n_ann, resolution
 
