@@ -148,3 +148,20 @@ def test_negative_edges_off_samples_none():
     g = _graph()
     sub = NeighborSampler(g, [3, 3], seed=0, negative_edges=False).sample(torch.tensor([0]), torch.tensor([0]))
     assert sub.edges.neg_user.numel() == 0 and sub.edges.pos_user.numel() > 0
+
+
+def test_rejection_offsets_distinct_and_uniform_and_both_paths_used_by_sample_csr():
+    from copl_ray.gnn.sampler import rejection_offsets, sample_csr
+
+    rng = np.random.default_rng(1)
+    picks = rejection_offsets(np.full(20000, 12), 3, rng)
+    srt = np.sort(picks, 1)
+    assert np.all(srt[:, 1:] != srt[:, :-1]) and picks.min() >= 0 and picks.max() <= 11
+    np.testing.assert_allclose(np.bincount(picks.ravel(), minlength=12) / 20000, 3 / 12, atol=0.02)
+    # degrees 2 (keep all), 5 (Floyd, 3 < 5 < 9) and 30 (rejection, >= 9) in one call
+    indptr = np.array([0, 2, 7, 37])
+    owner, pos, deg, k = sample_csr(indptr, np.array([2, 0, 1]), 3, rng)
+    assert owner.tolist() == [0, 0, 0, 1, 1, 2, 2, 2] and k.tolist() == [3, 2, 3]
+    assert set(pos[:3]) <= set(range(7, 37)) and len(set(pos[:3])) == 3
+    assert pos[3:5].tolist() == [0, 1]
+    assert set(pos[5:]) <= set(range(2, 7)) and len(set(pos[5:])) == 3

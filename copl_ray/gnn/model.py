@@ -108,16 +108,15 @@ class CoPLGNN(nn.Module):
 
         No gradients. ``batch_users``: update this many rows (users, and responses) at a time
         within each layer, so the layer's [N, d] temporaries (aggregates, Hadamard products, matrix
-        products; ~8 of them unchunked) shrink to [batch_users, d]; two [N, d] embedding tables
-        per side remain. None: one unchunked `forward`.
+        products; ~8 of them in an unchunked `forward`) shrink to [batch_users, d]; two [N, d]
+        tables per side remain (1M users, d=512: 4 GB). None: 65536.
         """
         if (graph.n_users, graph.n_responses) != (self.cfg.n_users, self.cfg.n_responses):
             raise ValueError(f"graph has {graph.n_users} users / {graph.n_responses} responses, model was"
                              f" built for {self.cfg.n_users} / {self.cfg.n_responses}")
         device = self.user_emb.weight.device
         edges = SignedEdges.from_graph(graph).to(device)
-        if batch_users is None:
-            return self(edges)
+        batch_users = 65536 if batch_users is None else batch_users
         if batch_users < 1:
             raise ValueError(f"batch_users must be >= 1, got {batch_users}")
         e_u, e_r = self.user_emb.weight, self.resp_emb.weight

@@ -18,9 +18,9 @@ a node t that kept k_t of its deg_t neighbours scales its sum by deg_t / k_t, so
 ``sum_{r in N_t} alpha_{t,r} x_r`` (exact when deg_t <= fanout). Re-computing alpha from sampled
 degrees instead would change the scale of every message with the fan-out.
 
-Sampling is numpy over CSR arrays: per hop and sign, one vectorized Floyd draw (k distinct
-offsets in [0, deg) per node, O(k^2) element operations per node, no per-node Python) and a
-sort-free de-duplication of newly found nodes through a scratch index array.
+Sampling is numpy over CSR arrays: per hop and sign, k distinct offsets in [0, deg) per node
+drawn for all nodes at once (Floyd's method for deg < k^2, draw-and-redraw-repeats above; no
+per-node Python), and a sort-free de-duplication of newly found nodes through a scratch array.
 """
 
 from __future__ import annotations
@@ -157,6 +157,22 @@ def floyd_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     return out
 
 
+def rejection_offsets(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Same contract as `floyd_offsets`, for deg_i >= k^2: draw k offsets with replacement and
+    redraw the rows that hold a repeat (P(repeat) <= k^2 / (2 deg) <= 1/2, so few rounds); a
+    uniform k-subset, since accepted draws are i.i.d. uniform conditioned on being distinct."""
+    out = np.empty((len(deg), k), dtype=np.int64)
+    todo = np.arange(len(deg))
+    while len(todo):
+        d = deg[todo, None]
+        t = np.minimum((rng.random((len(todo), k)) * d).astype(np.int64), d - 1)
+        srt = np.sort(t, axis=1)
+        ok = (srt[:, 1:] != srt[:, :-1]).all(1)
+        out[todo[ok]] = t[ok]
+        todo = todo[~ok]
+    return out
+
+
 def sample_csr(indptr: np.ndarray, targets: np.ndarray, fanout: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """At most ``fanout`` CSR entries per target, without replacement.
@@ -173,14 +189,17 @@ def sample_csr(indptr: np.ndarray, targets: np.ndarray, fanout: int,
     np.cumsum(k, out=offs[1:])
     owner = np.repeat(np.arange(len(targets)), k)
     pos = np.empty(offs[-1], dtype=np.int64)
-    full = deg <= fanout  # keep every neighbour: contiguous CSR ranges
-    rank = np.arange(offs[-1]) - offs[owner]  # 0..k-1 within each target
-    in_full = full[owner]
-    pos[in_full] = start[owner[in_full]] + rank[in_full]
-    part = np.flatnonzero(~full)
-    if len(part):
-        picks = floyd_offsets(deg[part], fanout, rng) + start[part, None]
-        pos[(offs[part][:, None] + np.arange(fanout)).ravel()] = picks.ravel()
+    full = np.flatnonzero(deg <= fanout)  # keep every neighbour: contiguous CSR ranges
+    if len(full):
+        kf = k[full]
+        first = np.repeat(offs[full], kf)  # slot of each kept entry's first sibling
+        rank = np.arange(len(first)) - np.repeat(np.cumsum(kf) - kf, kf)
+        pos[first + rank] = np.repeat(start[full], kf) + rank
+    for sel, draw in ((np.flatnonzero((deg > fanout) & (deg < fanout * fanout)), floyd_offsets),
+                      (np.flatnonzero(deg >= max(fanout * fanout, fanout + 1)), rejection_offsets)):
+        if len(sel):
+            picks = draw(deg[sel], fanout, rng) + start[sel, None]
+            pos[(offs[sel][:, None] + np.arange(fanout)).ravel()] = picks.ravel()
     return owner, pos, deg, k
 
 

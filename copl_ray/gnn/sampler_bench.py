@@ -5,7 +5,8 @@
 
 The graph: ``per_user`` annotations per user, each a (chosen, rejected) pair of two of the
 ``responses_per_prompt`` responses of a uniformly drawn prompt, so 1M users x 16 gives ~32M signed
-edges (the issue's scale). Figures are wall-clock medians on whatever machine runs it.
+edges (the issue's scale). Figures: medians of wall-clock and of process CPU seconds (all
+threads) on whatever machine runs it.
 """
 
 from __future__ import annotations
@@ -67,29 +68,34 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
         torch.manual_seed(seed)
         model = CoPLGNN(GNNConfig(graph.n_users, graph.n_responses, dim=dim, num_layers=len(fanouts)))
     rng = np.random.default_rng(seed + 1)
-    times, steps, nodes, edges = [], [], [], []
+    times, cpu, steps, steps_cpu, nodes, edges = [], [], [], [], [], []
     for _ in range(repeats):
         idx = rng.integers(0, len(triples), batch_pairs)
         u, a, b = (torch.from_numpy(triples[idx, c]) for c in range(3))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         su, inv_u = torch.unique(u, return_inverse=True)
         sr, inv_r = torch.unique(torch.cat([a, b]), return_inverse=True)
         sub = sampler.sample(su, sr)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         nodes.append(len(sub.user_nodes) + len(sub.resp_nodes))
         edges.append(sub.edges.num_edges)
         if model is not None:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             e_u, e_r = model(sub.edges, sub.user_nodes, sub.resp_nodes)
             loss = btl_loss(e_u[inv_u], e_r[inv_r[:batch_pairs]], e_r[inv_r[batch_pairs:]])
             model.zero_grad(set_to_none=True)
             loss.backward()
             steps.append(time.perf_counter() - t)
+            steps_cpu.append(time.process_time() - c)
+    # CPU seconds next to wall seconds: on a shared machine the wall clock mostly measures the queue.
     out.update(sample_s_median=float(np.median(times)), sample_s_min=float(np.min(times)),
+               sample_cpu_s_median=float(np.median(cpu)),
                sampled_nodes_median=int(np.median(nodes)), sampled_edges_median=int(np.median(edges)),
                peak_rss_mb=_rss_mb())
     if steps:
-        out.update(dim=dim, fwd_bwd_s_median=float(np.median(steps)))
+        out.update(dim=dim, fwd_bwd_s_median=float(np.median(steps)),
+                   fwd_bwd_cpu_s_median=float(np.median(steps_cpu)))
     return out
 
 
