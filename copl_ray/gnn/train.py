@@ -9,10 +9,17 @@ Embeddings for a batch come from either
   responses with ``fanouts[l]`` neighbours per sign and layer, or
 - ``mode="full"``: full-graph propagation for every batch (the official implementation's way).
 
-Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch; the paper's
-lambda ||theta||^2 is AdamW's decoupled weight decay (``weight_decay``). AdamW with a cosine
+Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch. AdamW with a cosine
 schedule and linear warm-up (ratio 0.1). Gradients are synchronized with DDP
-(``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU): dense all-reduce of every table.
+(``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU), a dense all-reduce of every table,
+or with ``grad_sync="sparse_rows"``: embedding tables exchange only the rows a step touched
+(the same mean gradient; for 1M-user tables).
+
+Departures from the paper (App. D.2), stated:
+- Eq. 5's lambda ||theta||^2 is AdamW's decoupled ``weight_decay`` (not the coupled penalty).
+- Defaults are CPU-sized: d=64, L=2, lr 1e-3, 20 epochs (paper: d=512, L=4, lr 1e-4, 300 epochs;
+  ``configs/train_gnn/paper.yaml``).
+- Sampled neighbourhoods instead of full-graph propagation per batch (``mode=full`` restores it).
 
 The graph and the triples reach the workers through the object store (one ``ray.put`` on the
 driver, zero-copy numpy on each worker). Rank 0 writes a checkpoint at the end of every epoch
