@@ -27,7 +27,7 @@ from pydantic import Field  # noqa: E402
 
 from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa: E402
 from copl_ray.adapt.baselines import naive_avg, user_opt  # noqa: E402
-from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, plot_curves  # noqa: E402
+from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, first_n_rank, plot_curves  # noqa: E402
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import read_annotations, read_table  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
@@ -49,6 +49,10 @@ class AdaptUsersConfig(JobConfig):
     user_opt_lr: float = Field(0.05, gt=0)
     user_opt_weight_decay: float = Field(1e-4, ge=0)
     seed: int = Field(0, description="priority rank of seen users (caps and global fallback sample)")
+    fewshot_holdout: int = Field(0, ge=0, description=(
+        "> 0: keep each unseen user's last m fewshot rows out of adaptation and score them "
+        "(unseen_fewshot_holdout_accuracy). They are survey pairs, so in the graph, unlike "
+        "make_synthetic's test_unseen pairs whose responses have no edge at all"))
 
 
 def run_method(method: str, art, fewshot: pa.Table, users: pa.Array, cfg: AdaptUsersConfig):
@@ -71,6 +75,14 @@ def main(argv=None) -> dict:
     groups = dict(zip(user_ids.to_pylist(), unseen.column("group").to_pylist()))
     fewshot = read_annotations(cfg.dataset, "fewshot")
     test = read_annotations(cfg.dataset, "test_unseen")
+    held = None
+    if cfg.fewshot_holdout:
+        counts = pc.value_counts(fewshot.column("user_id")).to_pylist()
+        keep = {c["values"]: c["counts"] - cfg.fewshot_holdout for c in counts}
+        rank = first_n_rank(fewshot)
+        limit = np.array([keep[u] for u in fewshot.column("user_id").to_pylist()])
+        held = fewshot.filter(pa.array(rank >= limit))
+        fewshot = fewshot.filter(pa.array(rank < limit))
     load_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -106,6 +118,9 @@ def main(argv=None) -> dict:
             rep = accuracy_report(art, user_ids, r.embeddings, test, groups)
             table[method] = {"unseen_accuracy": rep["accuracy"], "unseen_accuracy_in_graph": rep["in_graph"]["accuracy"],
                              "unseen_accuracy_by_group": rep["by_group"], "seconds": secs}
+            if held is not None:
+                table[method]["unseen_fewshot_holdout_accuracy"] = accuracy_report(
+                    art, user_ids, r.embeddings, held, groups)["accuracy"]
             curves[method] = {}
             for n in cfg.given_counts:
                 r_n = run_method(method, art, first_n_per_user(fewshot, n), user_ids, cfg)
@@ -116,6 +131,9 @@ def main(argv=None) -> dict:
             zero_copy_only=False).astype(np.int64), minlength=len(user_ids))
         metrics["curve_users_with_at_least_n"] = {str(n): int((have >= n).sum()) for n in cfg.given_counts}
         plot_curves(curves, Path(cfg.output_dir) / "curve.png")
+    if held is not None:
+        metrics["unseen_fewshot_holdout_accuracy"] = accuracy_report(art, user_ids, res.embeddings, held)["accuracy"]
+        metrics["unseen_fewshot_holdout_pairs"] = held.num_rows
     write_metrics(metrics, cfg.output_dir)
     print(f"adapt_users: {len(user_ids)} unseen users, unseen_accuracy={metrics['unseen_accuracy']:.4f} "
           f"({metrics['resolution_counts']}) -> {cfg.output_dir}")

@@ -50,6 +50,16 @@ def test_adapt_users_job_writes_contract_embeddings_and_metrics(tiny_dataset, tm
     assert sum(metrics["resolution_counts"].values()) == 2
 
 
+def test_fewshot_holdout_scores_the_held_rows(tiny_dataset, tmp_path):
+    from jobs.adapt_users import main
+
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    m = main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false",
+              "fewshot_holdout=1"])
+    # tiny: each unseen user has 1 fewshot row; holding it out leaves none -> population mean
+    assert m["unseen_fewshot_holdout_pairs"] == 2 and m["resolution_counts"] == {"population_mean": 2}
+
+
 def test_odd_hops_rejected_by_job_config(tmp_path):
     from jobs.adapt_users import AdaptUsersConfig
 

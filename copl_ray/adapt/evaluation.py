@@ -19,7 +19,7 @@ import torch
 
 from copl_ray.adapt.artifacts import GNNArtifacts
 
-__all__ = ["pair_correct", "accuracy_report", "first_n_per_user", "plot_curves"]
+__all__ = ["pair_correct", "accuracy_report", "first_n_per_user", "first_n_rank", "plot_curves"]
 
 
 @torch.no_grad()
@@ -68,6 +68,11 @@ def accuracy_report(art: GNNArtifacts, user_ids: pa.Array, emb: torch.Tensor, te
 
 def first_n_per_user(table: pa.Table, n: int) -> pa.Table:
     """The first ``n`` rows (file order) of every user in ``table``."""
+    return table.filter(pa.array(first_n_rank(table) < n))
+
+
+def first_n_rank(table: pa.Table) -> np.ndarray:
+    """[P] position of each row among its user's rows (0 = the user's first row, file order)."""
     uid = table.column("user_id").combine_chunks()
     codes = pc.index_in(uid, value_set=pc.unique(uid)).to_numpy(zero_copy_only=False)
     order = np.argsort(codes, kind="stable")
@@ -75,7 +80,7 @@ def first_n_per_user(table: pa.Table, n: int) -> pa.Table:
     first = np.searchsorted(sorted_codes, sorted_codes, side="left")
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order)) - first
-    return table.filter(pa.array(rank < n))
+    return rank
 
 
 def plot_curves(curves: dict[str, dict[int, float]], path: str | os.PathLike,
