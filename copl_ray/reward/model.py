@@ -18,8 +18,17 @@
   does (one gate per adapted layer; paper Fig. 6 shows per-layer allocations).
 
 Departures (stated): the gate weight multiplies an expert once (Eq. 8 as written; the official
-code applies it twice); no LoRA dropout; the reward head is a separate Linear rather than
-gemma's sequence-classification head (same function).
+code applies it twice); the default gate scope is one gate per model (``"layer"`` reproduces the
+official layout); no LoRA dropout; alpha = 16 at every rank (the paper gives no alpha); the
+reward head is a separate Linear rather than gemma's sequence-classification head (same
+function); plain LoRA uses this module's layer with M = 0 (so Uniform RM and CoPL share one code
+path) and is exported in peft's format rather than trained through peft.
+
+Saved layout (`save_reward_model`)::
+
+    reward_model.json       format_version, RewardModelConfig, backbone reference, fingerprint
+    adapters.safetensors    every tensor outside the frozen backbone (adapters, gates, head, ...)
+    peft/                   lora mode only: adapter_config.json + adapter_model.safetensors
 """
 
 from __future__ import annotations
@@ -202,17 +211,20 @@ class PersonalRewardModel(nn.Module):
         else:
             kwargs["input_ids"] = input_ids
         hidden = self.backbone(**kwargs).last_hidden_state                           # [B, T, H]
-        rewards = self.head(self._pool(hidden, attention_mask)).squeeze(-1).float()
+        # sum over the head's single output: a fresh [B] tensor, not a view (FSDP2 warns that an
+        # in-place op on a returned view would skip its pre-backward hook)
+        rewards = self.head(self._pool(hidden, attention_mask)).float().sum(-1)
 
         probs = index = None
         if cfg.mode == "mole":
-            gates = [ctx.gate] if self.gate is not None else ctx.layer_gates[: len(self.adapted)]
-            probs = torch.stack([g.probs for g in gates], dim=1)                      # [B, L, M]
-            index = torch.stack([g.index for g in gates], dim=1)                      # [B, L, k]
             if self.gate is not None:
-                probs, index = probs[:, 0], index[:, 0]
+                probs, index = ctx.gate.probs, ctx.gate.index                          # [B, M], [B, k]
+            else:
+                gates = ctx.layer_gates[: len(self.adapted)]
+                probs = torch.stack([g.probs for g in gates], dim=1)                  # [B, L, M]
+                index = torch.stack([g.index for g in gates], dim=1)                  # [B, L, k]
             if cfg.top_k == 1:
-                index = index.squeeze(-1)
+                index = index.squeeze(-1).clone()
         aux = rewards.new_zeros(())
         if cfg.load_balancing and probs is not None:
             aux = load_balancing_loss(probs, index)
