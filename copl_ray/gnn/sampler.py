@@ -74,9 +74,10 @@ class SignedEdges:
 
     def to(self, device) -> "SignedEdges":
         move = (lambda t: None if t is None else t.to(device))
+        # Hop sizes stay on the CPU: they are read as Python ints for every layer.
         return SignedEdges(*(move(getattr(self, n)) for n in (
             "pos_user", "pos_resp", "pos_norm", "neg_user", "neg_resp", "neg_norm",
-            "pos_norm_to_resp", "neg_norm_to_resp", "user_hops", "resp_hops")))
+            "pos_norm_to_resp", "neg_norm_to_resp")), user_hops=self.user_hops, resp_hops=self.resp_hops)
 
     @property
     def num_edges(self) -> int:
@@ -98,29 +99,54 @@ class SignedEdges:
             return self._cache[key]
         u, r, w = ((self.pos_user, self.pos_resp, self.pos_norm) if positive
                    else (self.neg_user, self.neg_resp, self.neg_norm))
-        w_r = self.pos_norm_to_resp if positive else self.neg_norm_to_resp
-        if w_r is None and n_out is None:
+        if (self.pos_norm_to_resp if positive else self.neg_norm_to_resp) is None and n_out is None:
             # Symmetric weights: one matrix per sign, its transpose is the other direction (and
             # each one's backward uses the other, so nothing is sorted twice).
             to_user = Adjacency(u, r, w, n_users, n_resps)
             self._cache[(positive, "user", n_users, n_resps, None)] = to_user
             self._cache[(positive, "resp", n_users, n_resps, None)] = to_user.t()
             return self._cache[key]
-        rows, cols, vals = (u, r, w) if to == "user" else (r, u, w if w_r is None else w_r)
-        if w_r is not None:
-            keep = vals != 0  # edges sampled by the other side carry nothing this way
-            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        rows, cols, vals = self._directed(positive, to)
         n_rows, n_cols = (n_users, n_resps) if to == "user" else (n_resps, n_users)
-        if n_out is not None:
-            if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
-                order = torch.sort(rows, stable=True).indices
-                rows, cols, vals = rows[order], cols[order], vals[order]
+        m = len(rows)
+        if n_out is not None:  # rows are sorted: the first n_out targets are a prefix
             m = int(torch.searchsorted(rows, torch.tensor(n_out, device=rows.device)))
-            rows, cols, vals, n_rows = rows[:m], cols[:m], vals[:m], n_out
-            if m and int(cols.max()) >= n_cols:
-                raise ValueError(f"edges of the first {n_out} targets reach source {int(cols.max())} but"
-                                 f" only {n_cols} source rows were given (hop sizes do not match)")
-        self._cache[key] = Adjacency(rows, cols, vals, n_rows, n_cols)
+            n_rows = n_out
+
+        def transpose() -> Adjacency:
+            # A^T from the edges sorted once by source (cached), cut to this block's targets:
+            # a mask per layer instead of a sort per layer (only the backward pass needs it).
+            t_rows, t_cols, t_vals = self._directed(positive, to, by_source=True)
+            keep = t_cols < n_rows
+            return Adjacency(t_rows[keep], t_cols[keep], t_vals[keep], n_cols, n_rows, rows_sorted=True)
+
+        self._cache[key] = Adjacency(rows[:m], cols[:m], vals[:m], n_rows, n_cols, transpose=transpose,
+                                     rows_sorted=True)
+        return self._cache[key]
+
+    def _directed(self, positive: bool, to: str, by_source: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(target, source, weight) of the edges carrying messages towards ``to``, sorted by target;
+        ``by_source``: (source, target, weight) sorted by source. Cached: every layer of a forward
+        and backward pass shares them."""
+        key = ("directed", positive, to, by_source)
+        if key not in self._cache:
+            if by_source:
+                rows, cols, vals = self._directed(positive, to)
+                order = torch.sort(cols, stable=True).indices
+                # (source, target, weight): the rows of A^T are the sources
+                self._cache[key] = (cols[order], rows[order], vals[order])
+            else:
+                u, r, w = ((self.pos_user, self.pos_resp, self.pos_norm) if positive
+                           else (self.neg_user, self.neg_resp, self.neg_norm))
+                w_r = self.pos_norm_to_resp if positive else self.neg_norm_to_resp
+                rows, cols, vals = (u, r, w) if to == "user" else (r, u, w if w_r is None else w_r)
+                if w_r is not None:
+                    keep = vals != 0  # edges sampled by the other side carry nothing this way
+                    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+                if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+                    order = torch.sort(rows, stable=True).indices
+                    rows, cols, vals = rows[order], cols[order], vals[order]
+                self._cache[key] = (rows, cols, vals)
         return self._cache[key]
 
 

@@ -10,6 +10,7 @@ function whose backward multiplies by an explicitly built transposed CSR, cached
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -17,9 +18,9 @@ from torch import Tensor
 __all__ = ["Adjacency", "spmm"]
 
 
-def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int) -> Tensor:
+def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int, rows_sorted: bool = False) -> Tensor:
     """CSR [n_rows, n_cols] of (rows, cols, vals); sorts by row only when not already sorted."""
-    if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+    if not rows_sorted and rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
         order = torch.sort(rows, stable=True).indices
         rows, cols, vals = rows[order], cols[order], vals[order]
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
@@ -35,24 +36,28 @@ class Adjacency:
     Args:
         rows, cols: [E] int64 row (target) and column (source) of each entry.
         vals: [E] float weights (alpha or beta, possibly rescaled by the sampler).
-        transpose: optional ready-made ``Adjacency`` of A^T (full graph: the other direction),
-            used by the backward pass instead of sorting.
+        transpose: optional ``Adjacency`` of A^T, or a function making it when first needed
+            (full graph: the other direction), used by the backward pass instead of sorting.
+        rows_sorted: the caller guarantees ``rows`` is non-decreasing (skips a check).
     """
 
     def __init__(self, rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int,
-                 transpose: "Adjacency | None" = None):
+                 transpose: "Adjacency | Callable[[], Adjacency] | None" = None, rows_sorted: bool = False):
         self.rows, self.cols, self.vals = rows, cols, vals
         self.shape = (int(n_rows), int(n_cols))
         self._csr: Tensor | None = None
         self._t = transpose
+        self._rows_sorted = rows_sorted
 
     @property
     def csr(self) -> Tensor:
         if self._csr is None:
-            self._csr = _csr(self.rows, self.cols, self.vals, *self.shape)
+            self._csr = _csr(self.rows, self.cols, self.vals, *self.shape, rows_sorted=self._rows_sorted)
         return self._csr
 
     def t(self) -> "Adjacency":
+        if callable(self._t) and not isinstance(self._t, Adjacency):
+            self._t = self._t()
         if self._t is None:
             self._t = Adjacency(self.cols, self.rows, self.vals, self.shape[1], self.shape[0], transpose=self)
         return self._t
@@ -79,12 +84,17 @@ class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, adj: Adjacency) -> Tensor:  # noqa: D401
         ctx.adj = adj
-        return adj.csr @ x
+        return _as(adj.csr, x.dtype) @ x
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         # d(Ax)/dx = A^T; the weights are constants (degree norms), so no gradient for them.
-        return ctx.adj.t().csr @ grad.contiguous(), None
+        return _as(ctx.adj.t().csr, grad.dtype) @ grad.contiguous(), None
+
+
+def _as(csr: Tensor, dtype: torch.dtype) -> Tensor:
+    """The weights in the embeddings' dtype (float32 norms with bf16/fp16 embeddings)."""
+    return csr if csr.dtype == dtype else csr.to(dtype)
 
 
 def spmm(adj: Adjacency, x: Tensor) -> Tensor:
