@@ -12,6 +12,7 @@ threads) on whatever machine runs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -46,11 +47,12 @@ def _rss_mb() -> float:
 def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_user: int = 16,
                       fanouts: tuple[int, ...] = (10, 10, 5, 5), batch_pairs: int = 1024, repeats: int = 5,
                       dim: int = 0, seed: int = 0, graph: SignedGraph | None = None,
-                      triples: np.ndarray | None = None) -> dict:
+                      triples: np.ndarray | None = None, trim: bool = True) -> dict:
     """Time `NeighborSampler.sample` for batches of ``batch_pairs`` random training triples.
 
     ``dim > 0`` also times one forward+backward of a ``CoPLGNN`` (d=dim, L=len(fanouts)) on each
-    sampled subgraph. Returns a flat dict of figures (seconds, counts, MiB).
+    sampled subgraph; ``trim=False`` drops the hop sizes, so every layer updates every sampled
+    node (for the ratio to layer-wise trimming). Returns a flat dict of figures (seconds, counts, MiB).
     """
     out: dict = {"n_users": n_users, "fanouts": list(fanouts), "batch_pairs": batch_pairs}
     t = time.perf_counter()
@@ -81,6 +83,8 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
         nodes.append(len(sub.user_nodes) + len(sub.resp_nodes))
         edges.append(sub.edges.num_edges)
         if model is not None:
+            if not trim:
+                sub.edges = dataclasses.replace(sub.edges, user_hops=None, resp_hops=None, _cache={})
             t, c = time.perf_counter(), time.process_time()
             e_u, e_r = model(sub.edges, sub.user_nodes, sub.resp_nodes)
             loss = btl_loss(e_u[inv_u], e_r[inv_r[:batch_pairs]], e_r[inv_r[batch_pairs:]])
@@ -94,7 +98,7 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
                sampled_nodes_median=int(np.median(nodes)), sampled_edges_median=int(np.median(edges)),
                peak_rss_mb=_rss_mb())
     if steps:
-        out.update(dim=dim, fwd_bwd_s_median=float(np.median(steps)),
+        out.update(dim=dim, trim=trim, fwd_bwd_s_median=float(np.median(steps)),
                    fwd_bwd_cpu_s_median=float(np.median(steps_cpu)))
     return out
 
@@ -108,15 +112,17 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-pairs", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dim", type=int, default=0, help="> 0: also time a GNN forward+backward")
+    p.add_argument("--no-trim", action="store_true", help="also time without layer-wise trimming")
     args = p.parse_args(argv)
     graph, triples = random_graph(args.users, args.prompts, per_user=args.per_user)
     results = []
     for spec in args.fanouts.split(";"):
         fanouts = tuple(int(f) for f in spec.split(","))
-        r = benchmark_sampler(args.users, args.prompts, args.per_user, fanouts, args.batch_pairs,
-                              args.repeats, args.dim, graph=graph, triples=triples)
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        for trim in (True, False) if args.no_trim else (True,):
+            r = benchmark_sampler(args.users, args.prompts, args.per_user, fanouts, args.batch_pairs,
+                                  args.repeats, args.dim, graph=graph, triples=triples, trim=trim)
+            print(json.dumps(r), flush=True)
+            results.append(r)
     return {"results": results}
 
 
