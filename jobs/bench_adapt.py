@@ -150,6 +150,9 @@ def bench_latency(cfg: BenchAdaptConfig) -> dict:
 
     batch = new_users_table(np.random.default_rng(cfg.seed + 2), cfg.n_batch_users, cfg.per_user, a, b, attr)
     thr = {}
+    t = time.perf_counter()
+    adapt_batch(art, batch.slice(0, 16 * cfg.per_user), cfg.adapt)  # warm-up: first-call allocations
+    thr["warmup_16_users_seconds"] = time.perf_counter() - t
     for name, fn in (("copl", lambda: adapt_batch(art, batch, cfg.adapt)),
                      ("naive_avg", lambda: naive_avg(art, batch, cfg.adapt)),
                      ("user_opt", lambda: user_opt(art, batch, lr=cfg.user_opt_lr))):
