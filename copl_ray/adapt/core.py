@@ -174,7 +174,7 @@ def adapt_one(art: GNNArtifacts, annotations, params: AdaptParams | None = None)
         resolution, nbrs = "widened", nb.negative_agreement_one(art, rejected, p.hops, p.max_neighbors)
     if nbrs.size == 0:
         resolution, nbrs = "global_sample", art.users_by_priority(p.global_sample_size)
-    e_nbr = art.e_user[torch.from_numpy(nbrs)]
+    e_nbr = art.e_user.index_select(0, torch.from_numpy(nbrs))
     if p.weighting == "uniform":
         w = torch.full((len(nbrs),), 1.0 / len(nbrs))
     else:
