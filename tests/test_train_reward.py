@@ -97,7 +97,7 @@ def test_two_workers_agree_with_one(trained, tmp_path):
 
     data, gnn, out, _ = trained
     main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={tmp_path}", *COMMON,
-          "batch_size=16", "epochs=3", "max_steps=12", "num_workers=1"])
+          "batch_size=16", "epochs=2", "max_steps=12", "num_workers=1"])
     one = json.loads((tmp_path / "train_summary.json").read_text())["losses"]
     two = json.loads((out / "train_summary.json").read_text())["losses"][:12]
     np.testing.assert_allclose(one, two, rtol=2e-3, atol=1e-4)
