@@ -20,8 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402

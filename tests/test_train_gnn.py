@@ -17,7 +17,8 @@ import torch
 
 from copl_ray.config import ConfigError, load_config
 from copl_ray.eval.gnn_metrics import gnn_accuracy
-from copl_ray.gnn.train import TrainGNNConfig, cosine_with_warmup, rank_batches
+from copl_ray.gnn.train import TrainGNNConfig, rank_batches
+from copl_ray.schedule import cosine_with_warmup
 
 
 def _cfg(**kw) -> TrainGNNConfig:

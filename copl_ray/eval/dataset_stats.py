@@ -43,7 +43,6 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from pydantic import Field
 from scipy.sparse.csgraph import connected_components
 

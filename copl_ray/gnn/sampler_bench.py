@@ -63,7 +63,7 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
     t = time.perf_counter()
     sampler = NeighborSampler(graph, list(fanouts), seed=seed)
     out["sampler_init_s"] = time.perf_counter() - t
-    model = opt = None
+    model = None
     if dim:
         from copl_ray.gnn.model import CoPLGNN, GNNConfig, btl_loss
 

@@ -30,7 +30,6 @@ driver, zero-copy numpy on each worker). Rank 0 writes a checkpoint at the end o
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -45,6 +44,7 @@ from pydantic import Field, model_validator
 
 from copl_ray.config import JobConfig
 from copl_ray.graph.signed_graph import SignedGraph
+from copl_ray.schedule import cosine_with_warmup
 
 MODELS = ("copl", "learnable", "uniform", "lore")
 
@@ -104,19 +104,6 @@ class TrainGNNConfig(JobConfig):
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up over ``ceil(warmup_ratio * total_steps)`` steps, then cosine decay to 0."""
-    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def graph_from_arrays(arrays: dict, n_users: int, n_responses: int) -> SignedGraph:
@@ -396,7 +383,6 @@ def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int):
 
     ``data_ref``: object ref of the arrays `train_loop_per_worker` documents.
     """
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.data import schema
 from copl_ray.data.dataset import DatasetError, annotation_files, read_table
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from copl_ray.config import JobConfig
+from copl_ray.schedule import cosine_with_warmup
 
 METHODS = ("copl", "uniform", "g_oracle", "no_gnn", "no_mole")
 
@@ -90,18 +91,6 @@ class TrainRewardConfig(JobConfig):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float):
-    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def shard_model(model: torch.nn.Module, device_type: str, world: int, bf16: bool) -> torch.nn.Module:
@@ -173,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
     sampler = DistributedSampler(data.dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = _cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio)
+    scheduler = cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio)
     sd_opts = StateDictOptions(ignore_frozen_params=True)
     # Checkpoints hold trainable tensors only, so loading them must not demand the frozen ones.
     load_opts = StateDictOptions(ignore_frozen_params=True, strict=False)
