@@ -18,7 +18,6 @@ import torch
 from copl_ray.config import ConfigError, load_config
 from copl_ray.eval.gnn_metrics import gnn_accuracy
 from copl_ray.gnn.train import TrainGNNConfig, rank_batches
-from copl_ray.schedule import cosine_with_warmup
 
 
 def _cfg(**kw) -> TrainGNNConfig:
@@ -44,19 +43,6 @@ def test_ranks_split_exactly_the_one_worker_batches():
     # A new epoch reshuffles; the same epoch is the same on every call.
     assert not np.array_equal(one[0], rank_batches(21, 4, cfg, 0, 1)[0])
     assert np.array_equal(one[0], rank_batches(21, 3, cfg, 0, 1)[0])
-
-
-def test_cosine_schedule_warms_up_then_decays_to_zero():
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.1)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
 
 
 def test_config_rules_name_the_fields(tmp_path):

@@ -103,20 +103,6 @@ def test_two_workers_agree_with_one(trained, tmp_path):
     np.testing.assert_allclose(one, two, rtol=2e-3, atol=1e-4)
 
 
-def test_cosine_schedule_warms_up_then_decays():
-    from copl_ray.reward.train import _cosine_with_warmup
-
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = _cosine_with_warmup(opt, total_steps=100, warmup_ratio=0.03)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(1 / 3) and lrs[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.01
-
-
 def test_config_names_the_missing_field():
     from copl_ray.config import ConfigError, load_config
     from copl_ray.reward.train import TrainRewardConfig
