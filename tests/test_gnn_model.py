@@ -14,14 +14,8 @@ from copl_ray.gnn.sampler import NeighborSampler, SignedEdges
 from copl_ray.graph.signed_graph import SignedGraph
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with 2 OpenMP threads on this loaded 2-core machine, a 150-step loop was
-    measured at 16 s against 0.24 s on one thread (spin-waiting), so these tests use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny tensors: one OpenMP thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _two_group_triples(n_users=24, n_pairs=10, per_user=6, seed=0):
