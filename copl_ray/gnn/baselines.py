@@ -35,7 +35,7 @@ class BaselineConfig:
     n_users: int
     n_responses: int
     dim: int = 64
-    init_std: float = 0.1
+    init_std: float = 0.01  # same ID-embedding init as CoPLGNN, for a fair comparison
     n_basis: int | None = None  # LoRe only: B (default: dim)
 
     def __post_init__(self):

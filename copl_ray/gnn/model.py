@@ -41,7 +41,11 @@ class GNNConfig:
     transform: bool = True
     activation: bool = True
     variant: str = "paper"
-    init_std: float = 0.1  # N(0, init_std^2) ID embeddings; the paper says only "randomly initialize"
+    # N(0, init_std^2) ID embeddings; the paper says only "randomly initialize". The scale matters:
+    # on tldr 10k ALL (d=64, L=2, lr 1e-3, one pair per user withheld from the graph) std 0.1 fit
+    # every train pair through the free ID embeddings and stayed at chance on withheld pairs
+    # (52.7%), while std 0.01 reached 95.0% after 2 epochs.
+    init_std: float = 0.01
     negative_slope: float = 0.01
 
     def __post_init__(self):
