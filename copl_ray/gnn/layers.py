@@ -8,9 +8,10 @@ from torch import Tensor, nn
 
 from copl_ray.gnn.sampler import SignedEdges
 
-__all__ = ["SignedBipartiteConv", "VARIANTS"]
+__all__ = ["SignedBipartiteConv", "VARIANTS", "WEIGHT_INITS"]
 
 VARIANTS = ("paper", "official")
+WEIGHT_INITS = ("glorot", "identity")
 
 
 class _SideWeights(nn.Module):
@@ -25,12 +26,22 @@ class _SideWeights(nn.Module):
         self.lin3 = None if (identity_w1w3 or not negative) else lin()
         self.lin4 = lin() if negative else None
 
-    def reset_parameters(self) -> None:
-        # Glorot (PyG's default init; = torch's xavier_uniform_, without importing PyG) keeps a
-        # d x d map's output scale equal to its input's at any d.
-        for m in (self.lin_self, self.lin1, self.lin2, self.lin3, self.lin4):
-            if m is not None:
-                nn.init.xavier_uniform_(m.weight)
+    def reset_parameters(self, weight_init: str = "glorot") -> None:
+        if weight_init == "glorot":
+            # PyG's default (torch's xavier_uniform_): a d x d map keeps its input's scale at any d.
+            for m in (self.lin_self, self.lin1, self.lin2, self.lin3, self.lin4):
+                if m is not None:
+                    nn.init.xavier_uniform_(m.weight)
+            return
+        # "identity": the layer starts as signed propagation, e + a+ - a- (W_self = W1 = I,
+        # W3 = -I, Hadamard maps W2 = W4 = 0), and learns away from it.
+        with torch.no_grad():
+            for m, value in ((self.lin_self, 1.0), (self.lin1, 1.0), (self.lin3, -1.0)):
+                if m is not None:
+                    m.weight.copy_(value * torch.eye(m.weight.shape[0], m.weight.shape[1]))
+            for m in (self.lin2, self.lin4):
+                if m is not None:
+                    nn.init.zeros_(m.weight)
 
 
 class SignedBipartiteConv(nn.Module):
@@ -57,16 +68,22 @@ class SignedBipartiteConv(nn.Module):
             code as described in the issue: W1 = W3 = identity, one weight set shared by the user and
             response updates, negative message subtracted).
         negative_slope: LeakyReLU slope (paper: LeakyReLU, slope unstated; torch default 0.01).
+        weight_init: ``"glorot"`` (every matrix Glorot-uniform) or ``"identity"`` (the layer starts
+            as e + a+ - a-: see `_SideWeights.reset_parameters`). The paper does not say.
 
     Shapes:
         e_user [Nu, d], e_resp [Nr, d], edges over local ids < Nu / Nr -> ([Nu, d], [Nr, d]).
     """
 
     def __init__(self, channels: int, negative_edges: bool = True, transform: bool = True,
-                 activation: bool = True, variant: str = "paper", negative_slope: float = 0.01):
+                 activation: bool = True, variant: str = "paper", negative_slope: float = 0.01,
+                 weight_init: str = "glorot"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+        self.weight_init = weight_init
         if variant == "official" and not transform:
             raise ValueError("variant='official' has transform matrices; use transform=True or variant='paper'")
         self.in_channels = self.out_channels = self.channels = channels
@@ -84,7 +101,7 @@ class SignedBipartiteConv(nn.Module):
     def reset_parameters(self) -> None:
         for side in (self.user, self.resp):
             if side is not None:
-                side.reset_parameters()
+                side.reset_parameters(self.weight_init)
 
     def forward(self, e_user: Tensor, e_resp: Tensor, edges: SignedEdges,
                 n_out: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:

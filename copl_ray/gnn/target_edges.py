@@ -1,0 +1,61 @@
+"""Keep a batch's own edges out of the messages that score it (target-edge masking).
+
+A training triple (u, a, b) is also two edges of the graph: (u, a) positive and (u, b) negative.
+If they carry messages while the triple is scored, e_a^(L) contains u's own embedding (and e_u^(L)
+contains a's), so the BTL loss is met by the pair's own edge: s_{u,a} grows with ||e_u||^2 and the
+model learns "a response u chose holds u's ID" instead of who else agrees with u. Held-out and test
+pairs never have that edge, so this is a train/test mismatch (label leakage, in link-prediction
+terms; PyG's ``RandomLinkSplit(disjoint_train_ratio=...)`` avoids it by splitting message and
+supervision edges). Here every edge is both: it is removed only while its own triple is scored.
+
+Measured (ufp4 ALL, 10k users, one withheld train pair per user, full-graph propagation, d=64,
+L=2, AdamW lr 1e-3): see ``docs/ARCHITECTURE.md`` (GNN training) for the table.
+
+This departs from the paper (whose Eq. 5 scores the training pairs over the whole graph); it is
+``exclude_target_edges`` in `TrainGNNConfig`, and evaluation/export always use the full graph.
+
+The degree normalisations alpha/beta stay those of the full graph (a masked edge gets weight 0,
+the others keep theirs): one edge of a node's |N| changes the scale of its sum by 1/|N| at most.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from copl_ray.gnn.sampler import SignedEdges
+
+__all__ = ["mask_target_edges"]
+
+
+def _hits(edge_user: Tensor, edge_resp: Tensor, user: Tensor, resp: Tensor, n_resp: int) -> Tensor:
+    """[E] bool: edge (edge_user, edge_resp) is one of the (user, resp) pairs."""
+    if edge_user.numel() == 0 or user.numel() == 0:
+        return torch.zeros(edge_user.shape, dtype=torch.bool, device=edge_user.device)
+    return torch.isin(edge_user * n_resp + edge_resp, user * n_resp + resp)
+
+
+def mask_target_edges(edges: SignedEdges, n_resp: int, user: Tensor, chosen: Tensor,
+                      rejected: Tensor) -> SignedEdges:
+    """``edges`` without the batch's own edges: (user, chosen) positive and (user, rejected)
+    negative get weight 0 in both message directions.
+
+    Args:
+        edges: full-graph or sampled `SignedEdges` (local ids).
+        n_resp: number of response nodes the local response ids index (any upper bound works).
+        user, chosen, rejected: [B] local ids of the batch's triples, on ``edges``' device.
+    Returns:
+        a new `SignedEdges` (fresh adjacency cache) sharing the index tensors; weights copied.
+    """
+    pos_hit = _hits(edges.pos_user, edges.pos_resp, user, chosen, n_resp)
+    neg_hit = _hits(edges.neg_user, edges.neg_resp, user, rejected, n_resp)
+
+    def zeroed(w: Tensor | None, fallback: Tensor, hit: Tensor) -> Tensor:
+        return (fallback if w is None else w).masked_fill(hit, 0.0)
+
+    return SignedEdges(
+        edges.pos_user, edges.pos_resp, edges.pos_norm.masked_fill(pos_hit, 0.0),
+        edges.neg_user, edges.neg_resp, edges.neg_norm.masked_fill(neg_hit, 0.0),
+        pos_norm_to_resp=zeroed(edges.pos_norm_to_resp, edges.pos_norm, pos_hit),
+        neg_norm_to_resp=zeroed(edges.neg_norm_to_resp, edges.neg_norm, neg_hit),
+        user_hops=edges.user_hops, resp_hops=edges.resp_hops)
