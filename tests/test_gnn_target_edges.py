@@ -77,3 +77,7 @@ def test_sampled_subgraph_masking_uses_local_ids():
         # and the sampler did find some of them (fan-out 50 keeps every neighbour of this tiny graph)
         found = set(zip(sub.user_nodes[eu].tolist(), sub.resp_nodes[er].tolist()))
         assert targets <= found
+    # The same mask from global ids through the subgraph's node maps (what the trainer passes).
+    by_global = mask_target_edges(sub.edges, n_r, bu, ba, bb, user_nodes=sub.user_nodes, resp_nodes=sub.resp_nodes)
+    for name in ("pos_norm", "neg_norm", "pos_norm_to_resp", "neg_norm_to_resp"):
+        torch.testing.assert_close(getattr(by_global, name), getattr(masked, name))

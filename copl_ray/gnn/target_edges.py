@@ -35,20 +35,25 @@ def _hits(edge_user: Tensor, edge_resp: Tensor, user: Tensor, resp: Tensor, n_re
     return torch.isin(edge_user * n_resp + edge_resp, user * n_resp + resp)
 
 
-def mask_target_edges(edges: SignedEdges, n_resp: int, user: Tensor, chosen: Tensor,
-                      rejected: Tensor) -> SignedEdges:
+def mask_target_edges(edges: SignedEdges, n_resp: int, user: Tensor, chosen: Tensor, rejected: Tensor,
+                      user_nodes: Tensor | None = None, resp_nodes: Tensor | None = None) -> SignedEdges:
     """``edges`` without the batch's own edges: (user, chosen) positive and (user, rejected)
     negative get weight 0 in both message directions.
 
     Args:
-        edges: full-graph or sampled `SignedEdges` (local ids).
-        n_resp: number of response nodes the local response ids index (any upper bound works).
-        user, chosen, rejected: [B] local ids of the batch's triples, on ``edges``' device.
+        edges: full-graph or sampled `SignedEdges`.
+        n_resp: number of responses the response ids index (any upper bound works).
+        user, chosen, rejected: [B] ids of the batch's triples, on ``edges``' device: global ids
+            when ``user_nodes``/``resp_nodes`` are given, else the ids ``edges`` uses.
+        user_nodes, resp_nodes: a sampled subgraph's local -> global id maps (`Subgraph`).
     Returns:
         a new `SignedEdges` (fresh adjacency cache) sharing the index tensors; weights copied.
     """
-    pos_hit = _hits(edges.pos_user, edges.pos_resp, user, chosen, n_resp)
-    neg_hit = _hits(edges.neg_user, edges.neg_resp, user, rejected, n_resp)
+    to_global = lambda ids, nodes: ids if nodes is None else nodes[ids]  # noqa: E731
+    pos_u, pos_r = to_global(edges.pos_user, user_nodes), to_global(edges.pos_resp, resp_nodes)
+    neg_u, neg_r = to_global(edges.neg_user, user_nodes), to_global(edges.neg_resp, resp_nodes)
+    pos_hit = _hits(pos_u, pos_r, user, chosen, n_resp)
+    neg_hit = _hits(neg_u, neg_r, user, rejected, n_resp)
 
     def zeroed(w: Tensor | None, fallback: Tensor, hit: Tensor) -> Tensor:
         return (fallback if w is None else w).masked_fill(hit, 0.0)

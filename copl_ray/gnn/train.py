@@ -20,6 +20,11 @@ Departures from the paper (App. D.2), stated:
 - Defaults are CPU-sized: d=64, L=2, lr 1e-3, 20 epochs (paper: d=512, L=4, lr 1e-4, 300 epochs;
   ``configs/train_gnn/paper.yaml``).
 - Sampled neighbourhoods instead of full-graph propagation per batch (``mode=full`` restores it).
+- A training pair is scored without its own two edges (``exclude_target_edges``, default on).
+- The default layer is Table A4's "w/o Act. & Trans." ablation (``transform=false
+  activation=false``); ``transform=true activation=true`` is Eq. 2-3 as written. Measured on
+  held-out pairs, 10k users (docs/ARCHITECTURE.md, "GNN defaults"): the paper's layer fits every
+  training pair through its matrices and free ID embeddings and stays near uniform on UF-P-4.
 
 The graph and the triples reach the workers through the object store (one ``ray.put`` on the
 driver, zero-copy numpy on each worker). Rank 0 writes a checkpoint at the end of every epoch
@@ -43,6 +48,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from copl_ray.config import JobConfig
+from copl_ray.gnn.target_edges import mask_target_edges
 from copl_ray.graph.signed_graph import SignedGraph
 from copl_ray.schedule import cosine_with_warmup
 
@@ -61,8 +67,15 @@ class TrainGNNConfig(JobConfig):
     model: Literal["copl", "learnable", "uniform", "lore"] = "copl"
     dim: int = Field(64, ge=1, description="embedding size d (paper: 512)")
     num_layers: int = Field(2, ge=1, description="message-passing layers L (paper: 4)")
+    transform: bool = Field(False, description=(
+        "copl: W_self, W1..W4 of Eq. 2-3 (paper: true). false = Table A4's 'w/o Act. & Trans.' layer,"
+        " e + a+ - a-; with activation=false it generalized best at d=64 (docs/ARCHITECTURE.md)"))
+    activation: bool = Field(False, description="copl: LeakyReLU after each layer (paper: true)")
     model_options: dict = Field(default_factory=dict, description="extra model config fields")
     mode: Literal["sampled", "full"] = "sampled"
+    exclude_target_edges: bool = Field(True, description=(
+        "score each training pair without its own two edges in the message-passing graph"
+        " (copl_ray/gnn/target_edges.py; departs from the paper, docs/ARCHITECTURE.md has the measurements)"))
     fanouts: list[int] = Field(default_factory=lambda: [10, 10],
                                description="neighbours per sign per layer, outermost hop last")
     epochs: int = Field(20, ge=1)
@@ -94,6 +107,9 @@ class TrainGNNConfig(JobConfig):
         if self.mode == "sampled" and self.model == "copl" and len(self.fanouts) != self.num_layers:
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but num_layers={self.num_layers};"
                              " give one fan-out per layer (or mode=full)")
+        for key in ("transform", "activation", "dim", "num_layers"):
+            if key in self.model_options:
+                raise ValueError(f"model_options.{key}: set the top-level key {key} instead")
         if any(f < 1 for f in self.fanouts):
             raise ValueError(f"fanouts must be >= 1, got {self.fanouts}")
         if self.batch_size < self.num_workers:
@@ -114,22 +130,26 @@ def graph_from_arrays(arrays: dict, n_users: int, n_responses: int) -> SignedGra
     return SignedGraph(n_users, n_responses, t["pos_user"], t["pos_response"], t["neg_user"], t["neg_response"])
 
 
-def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int) -> list[np.ndarray]:
-    """This rank's triple positions for each step of one epoch.
+def global_batches(n: int, epoch: int, cfg: TrainGNNConfig, world: int) -> list[np.ndarray]:
+    """Triple positions of every step's global batch in one epoch (identical on every rank).
 
-    One seeded permutation per epoch (identical on every rank) is cut into global batches of
-    ``cfg.batch_size``; rank r takes positions r, r+W, ... of each global batch. So the ranks of a
-    step together see exactly the batch one worker would, and the DDP mean of their gradients is
-    the one-worker gradient (up to float summation order). The permutation is padded by wrapping
-    to a multiple of the world size so no rank gets an empty batch.
+    One seeded permutation per epoch, padded by wrapping to a multiple of the world size (so no
+    rank gets an empty batch), cut into batches of ``cfg.batch_size`` rounded up to that multiple.
     """
     perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
     pad = (-n) % world
     if pad:
         perm = np.concatenate([perm, perm[:pad]])
     batch = -(-cfg.batch_size // world) * world
-    out = [perm[s:s + batch][rank::world] for s in range(0, len(perm), batch)]
+    out = [perm[s:s + batch] for s in range(0, len(perm), batch)]
     return out[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else out
+
+
+def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int) -> list[np.ndarray]:
+    """This rank's triple positions for each step of one epoch: positions r, r+W, ... of each
+    `global_batches` batch. So the ranks of a step together see exactly the batch one worker
+    would, and the DDP mean of their gradients is the one-worker gradient (up to float order)."""
+    return [g[rank::world] for g in global_batches(n, epoch, cfg, world)]
 
 
 @torch.no_grad()
@@ -262,9 +282,14 @@ def train_loop_per_worker(config: dict) -> None:
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
         losses = []
         t_epoch = t_epoch_start = time.perf_counter()
-        for idx in rank_batches(n_train, epoch, cfg, rank, world):
+        for step_batch in global_batches(n_train, epoch, cfg, world):
+            idx = step_batch[rank::world]
             u, a, r = (torch.from_numpy(x[idx]).to(device) for x in (train_u, train_a, train_b))
-            s_a, s_b = batch_scores(model, u, a, r, sampler=sampler, full_edges=full_edges, device=device)
+            # Every rank masks the whole global batch's edges, as one worker would.
+            targets = (tuple(torch.from_numpy(x[step_batch]).to(device) for x in (train_u, train_a, train_b))
+                       if cfg.exclude_target_edges else None)
+            s_a, s_b = batch_scores(model, u, a, r, sampler=sampler, full_edges=full_edges, device=device,
+                                    target_triples=targets)
             loss = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -324,7 +349,8 @@ def build_model(cfg: TrainGNNConfig, n_users: int, n_responses: int) -> torch.nn
 
     if cfg.model == "copl":
         return CoPLGNN(GNNConfig(n_users=n_users, n_responses=n_responses, dim=cfg.dim,
-                                 num_layers=cfg.num_layers, **cfg.model_options))
+                                 num_layers=cfg.num_layers, transform=cfg.transform,
+                                 activation=cfg.activation, **cfg.model_options))
     cls = {"learnable": baselines.LearnableEmbeddings, "uniform": baselines.UniformScores,
            "lore": baselines.LoRe}[cfg.model]
     return cls(n_users=n_users, n_responses=n_responses, dim=cfg.dim, **cfg.model_options)
@@ -337,12 +363,17 @@ def _is_gnn(model: torch.nn.Module) -> bool:
 
 
 def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-                 sampler=None, full_edges=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 sampler=None, full_edges=None, device=None,
+                 target_triples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(s_{u,a} [B], s_{u,b} [B]) for a batch of triples (dense indices, each [B]).
 
     GNN: embeddings over the sampled neighbourhood of the batch's users and responses (``sampler``)
     or over the full graph (``full_edges``: `SignedEdges` built once, so its sparse adjacency is
-    cached across steps as a full-graph trainer would keep it). Baselines score pairs directly.
+    cached across steps as a full-graph trainer would keep it; with ``target_triples`` a masked
+    copy is built per step). ``target_triples``: (user, chosen, rejected) global ids [T] whose own
+    edges carry no message (`copl_ray.gnn.target_edges`; the step's global batch, which contains
+    this rank's triples). Baselines score pairs directly.
     """
     if not _is_gnn(model):
         # One forward for both sides: DDP allows one forward per backward.
@@ -351,16 +382,23 @@ def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torc
     if sampler is None:
         if full_edges is None:
             raise ValueError("batch_scores: a GNN needs a sampler or full_edges")
-        e_user, e_resp = model(full_edges)
+        edges = full_edges
+        if target_triples is not None:
+            edges = mask_target_edges(full_edges, int(_unwrap(model).cfg.n_responses), *target_triples)
+        e_user, e_resp = model(edges)
         e_u = e_user[user]
         return (e_u * e_resp[chosen]).sum(-1), (e_u * e_resp[rejected]).sum(-1)
     seed_users, inv_u = torch.unique(user, return_inverse=True)
     seed_resps, inv_r = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
     sub = sampler.sample(seed_users.cpu(), seed_resps.cpu())
-    e_user, e_resp = model(sub.edges.to(device), sub.user_nodes.to(device), sub.resp_nodes.to(device))
     # The sampler puts the seeds first, in the order given, so seed i is local row i.
-    e_u = e_user[inv_u]
     b = len(chosen)
+    edges = sub.edges.to(device)
+    if target_triples is not None:
+        edges = mask_target_edges(edges, int(_unwrap(model).cfg.n_responses), *target_triples,
+                                  user_nodes=sub.user_nodes.to(device), resp_nodes=sub.resp_nodes.to(device))
+    e_user, e_resp = model(edges, sub.user_nodes.to(device), sub.resp_nodes.to(device))
+    e_u = e_user[inv_u]
     return (e_u * e_resp[inv_r[:b]]).sum(-1), (e_u * e_resp[inv_r[b:]]).sum(-1)
 
 
