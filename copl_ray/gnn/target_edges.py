@@ -8,8 +8,7 @@ pairs never have that edge, so this is a train/test mismatch (label leakage, in 
 terms; PyG's ``RandomLinkSplit(disjoint_train_ratio=...)`` avoids it by splitting message and
 supervision edges). Here every edge is both: it is removed only while its own triple is scored.
 
-Measured (ufp4 ALL, 10k users, one withheld train pair per user, full-graph propagation, d=64,
-L=2, AdamW lr 1e-3): see ``docs/ARCHITECTURE.md`` (GNN training) for the table.
+Measured (withheld pairs, `jobs/bench_gnn_variants.py`): docs/ARCHITECTURE.md, "GNN defaults".
 
 This departs from the paper (whose Eq. 5 scores the training pairs over the whole graph); it is
 ``exclude_target_edges`` in `TrainGNNConfig`, and evaluation/export always use the full graph.
