@@ -15,12 +15,17 @@
     ``num_workers`` workers; seconds per step are extrapolated to one full epoch (labelled as
     such) and every worker's peak RSS is reported.
 
+Wall seconds stretch with whatever else runs on the machine; both parts also report CPU seconds
+(each worker's process CPU time; (a): rank 0's, evaluation excluded), which do not, and the load
+average, so figures from a shared machine can be read.
+
 Figures go to ``output_dir/metrics.json``; generated datasets are kept under ``output_dir/data``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import resource
 import subprocess
 import sys
@@ -79,11 +84,12 @@ def _dataset(path: str | None, n_users: int, out: Path) -> Path:
     return target
 
 
-def _time_to_target(evals: list[dict], target: float) -> tuple[float | None, int | None]:
+def _time_to_target(evals: list[dict], target: float) -> tuple[float | None, float | None, int | None]:
+    """(wall seconds, rank 0's CPU seconds, step) of the first evaluation at or above ``target``."""
     for e in evals:
         if e["test_accuracy"] is not None and e["test_accuracy"] >= target:
-            return e["train_seconds"], e["step"]
-    return None, None
+            return e["train_seconds"], e.get("train_cpu_seconds"), e["step"]
+    return None, None, None
 
 
 def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
@@ -95,21 +101,30 @@ def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
                       f"num_workers={cfg.num_workers}", f"holdout_fraction={cfg.holdout_fraction}",
                       f"eval_every_steps={cfg.eval_every_steps}", f"stop_at_accuracy={cfg.target_accuracy}",
                       f"epochs={cfg.max_epochs}", "evaluate_each_epoch=false", *cfg.train_overrides])
-        seconds, step = _time_to_target(m["evals"], cfg.target_accuracy)
-        runs[mode] = {"seconds_to_target": seconds, "steps_to_target": step,
+        seconds, cpu_seconds, step = _time_to_target(m["evals"], cfg.target_accuracy)
+        last = m["evals"][-1] if m["evals"] else {}
+        runs[mode] = {"seconds_to_target": seconds, "cpu_seconds_to_target": cpu_seconds, "steps_to_target": step,
                       "seconds_per_step": m["train_seconds"] / max(1, m["steps"]),
+                      "cpu_seconds_per_step": (last["train_cpu_seconds"] / max(1, last["step"])
+                                               if "train_cpu_seconds" in last else None),
                       "final_holdout_accuracy": m["gnn_holdout_accuracy"], "steps": m["steps"]}
+        cpu = "" if cpu_seconds is None else f" (rank 0 CPU {cpu_seconds:.1f} s)"
         print(f"[speed] {mode:8s} target {cfg.target_accuracy:.3f}: "
-              f"{'not reached' if seconds is None else f'{seconds:.1f} s at step {step}'}; "
+              f"{'not reached' if seconds is None else f'{seconds:.1f} s{cpu} at step {step}'}; "
               f"{runs[mode]['seconds_per_step'] * 1000:.0f} ms/step; "
               f"final holdout acc {m['gnn_holdout_accuracy']:.4f}")
     s, f = runs["sampled"]["seconds_to_target"], runs["full"]["seconds_to_target"]
     ratio = f / s if s and f else None
+    cs, cf = runs["sampled"]["cpu_seconds_to_target"], runs["full"]["cpu_seconds_to_target"]
+    cpu_ratio = cf / cs if cs and cf else None
     per_step = runs["full"]["seconds_per_step"] / runs["sampled"]["seconds_per_step"]
-    print(f"[speed] time-to-accuracy ratio full/sampled = {ratio if ratio is None else f'{ratio:.2f}x'}"
-          f" (per-step ratio {per_step:.2f}x), {cfg.num_workers} workers, dataset {dataset}")
+    fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+    print(f"[speed] time-to-accuracy ratio full/sampled = {fmt(ratio)} wall, {fmt(cpu_ratio)} CPU"
+          f" (per-step ratio {per_step:.2f}x), {cfg.num_workers} workers, dataset {dataset}; load average"
+          f" {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     return {"dataset": str(dataset), "runs": runs, "time_to_accuracy_ratio": ratio,
-            "per_step_ratio": per_step, "target_accuracy": cfg.target_accuracy}
+            "time_to_accuracy_ratio_cpu": cpu_ratio, "per_step_ratio": per_step,
+            "target_accuracy": cfg.target_accuracy, "load_average": list(os.getloadavg())}
 
 
 def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
@@ -145,6 +160,7 @@ def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
     seconds_fit = time.perf_counter() - t0
     h = state["history"][-1]
     per_step = h["epoch_seconds"] / h["epoch_steps"]
+    cpu_per_step = max(h["epoch_cpu_seconds_per_rank"]) / h["epoch_steps"]
     full_steps = -(-len(built.train) // tcfg.batch_size)
     res = {
         "dataset": str(dataset), "n_users": g.n_users, "n_annotations": len(built.train),
@@ -152,6 +168,9 @@ def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
         "graph_stats": built.stats, "measured_steps": h["epoch_steps"], "seconds_measured_steps": h["epoch_seconds"],
         "seconds_per_step": per_step, "steps_per_full_epoch": full_steps,
         "seconds_one_epoch_extrapolated": per_step * full_steps,
+        "cpu_seconds_per_step_per_worker": cpu_per_step,
+        "cpu_seconds_per_worker_one_epoch_extrapolated": cpu_per_step * full_steps,
+        "optimizer": tcfg.optimizer, "grad_sync": tcfg.grad_sync, "load_average": list(os.getloadavg()),
         "peak_rss_mb_per_worker": state["peak_rss_mb_per_rank"],
         "peak_rss_mb_driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "seconds_fit_including_startup": seconds_fit, "dim": tcfg.dim, "mode": tcfg.mode,
@@ -160,6 +179,10 @@ def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
           f"one epoch = {full_steps} steps ~ {per_step * full_steps / 3600:.2f} h (EXTRAPOLATED from "
           f"{h['epoch_steps']} steps); peak RSS per worker (MiB) "
           f"{[round(x) for x in state['peak_rss_mb_per_rank']]}; driver {res['peak_rss_mb_driver']:.0f} MiB")
+    print(f"[scale] CPU per worker {cpu_per_step:.3f} s/step (busiest worker) ~ "
+          f"{cpu_per_step * full_steps / 3600:.2f} h per epoch with a free core per worker; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
+          f"(optimizer={tcfg.optimizer}, grad_sync={tcfg.grad_sync})")
     return res
 
 

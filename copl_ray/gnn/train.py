@@ -48,6 +48,7 @@ import torch.distributed as dist
 from pydantic import Field, model_validator
 
 from copl_ray.config import JobConfig
+from copl_ray.gnn.optim import build_optimizer, clip_grad_norm_, use_sparse_embedding_grads
 from copl_ray.gnn.target_edges import mask_target_edges
 from copl_ray.graph.signed_graph import SignedGraph
 from copl_ray.schedule import cosine_with_warmup
@@ -88,6 +89,10 @@ class TrainGNNConfig(JobConfig):
     grad_sync: Literal["ddp", "sparse_rows"] = Field("ddp", description=(
         "ddp: dense all-reduce of every parameter; sparse_rows: embedding tables exchange only the"
         " rows the step touched (same averaged gradient, far less traffic at 1M users)"))
+    optimizer: Literal["adamw", "sparse_grad_adamw", "row_sparse_adamw"] = Field("sparse_grad_adamw", description=(
+        "adamw: torch AdamW, dense gradients. sparse_grad_adamw: embedding lookups give row-sparse"
+        " gradients (exchanged as rows), AdamW's exact step. row_sparse_adamw: the same gradients, lazy"
+        " step (only the rows a step touched move). copl_ray/gnn/optim.py; in mode=full all three are AdamW"))
     use_gpu: bool = False
     max_failures: int = Field(1, ge=0)
     storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
@@ -114,6 +119,9 @@ class TrainGNNConfig(JobConfig):
             raise ValueError(f"fanouts must be >= 1, got {self.fanouts}")
         if self.batch_size < self.num_workers:
             raise ValueError(f"batch_size={self.batch_size} < num_workers={self.num_workers}")
+        if (self.optimizer != "adamw" and self.use_gpu and self.grad_sync == "ddp" and self.num_workers > 1):
+            raise ValueError(f"optimizer={self.optimizer} with use_gpu=true and num_workers>1 needs"
+                             " grad_sync=sparse_rows (NCCL cannot all-reduce DDP's sparse gradients)")
         if self.fail_at_epoch is not None and self.fail_at_epoch >= self.epochs:
             raise ValueError(f"fail_at_epoch={self.fail_at_epoch} must be < epochs={self.epochs}")
         return self
@@ -156,32 +164,25 @@ def rank_batches(n: int, epoch: int, cfg: TrainGNNConfig, rank: int, world: int)
 def sync_gradients_sparse_rows(model: torch.nn.Module, world: int) -> None:
     """Average gradients over ranks; ``nn.Embedding`` tables send only their non-zero rows.
 
-    A sampled step touches a few thousand of 1M user rows, so all-gathering (row ids, rows) moves
-    megabytes where DDP's dense all-reduce moves the whole table (256 MB at 1M x 64 floats). The
-    result equals the dense mean: rows a rank did not touch contribute zeros either way.
+    A sampled step touches a small share of 1M user rows, so all-gathering (row ids, rows) moves
+    tens of megabytes where DDP's dense all-reduce moves the whole table (256 MB at 1M x 64 floats).
+    The result equals the dense mean: rows a rank did not touch contribute zeros either way. A
+    row-sparse gradient (``optimizer`` other than ``adamw``) gives its rows directly and stays sparse
+    (the union of the ranks' rows); a dense one is scanned for its non-zero rows.
     """
     for module in model.modules():
         params = list(module.parameters(recurse=False))
         if isinstance(module, torch.nn.Embedding) and module.weight.grad is not None:
             grad = module.weight.grad
+            if grad.is_sparse:
+                grad = grad.coalesce()
+                rows, vals = _all_gather_rows(grad.indices()[0], grad.values(), world)
+                module.weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals / world, grad.shape)
+                continue
             rows = torch.nonzero(grad.abs().sum(1)).flatten()
-            dev = grad.device  # NCCL needs device tensors; gloo takes CPU ones
-            count = torch.tensor([rows.numel()], dtype=torch.long, device=dev)
-            counts = [torch.zeros_like(count) for _ in range(world)]
-            dist.all_gather(counts, count)
-            width = int(max(c.item() for c in counts))
-            pad_rows = torch.zeros(width, dtype=torch.long, device=dev)
-            pad_rows[:rows.numel()] = rows
-            pad_vals = torch.zeros(width, grad.shape[1], dtype=grad.dtype, device=dev)
-            pad_vals[:rows.numel()] = grad[rows]
-            all_rows = [torch.empty_like(pad_rows) for _ in range(world)]
-            all_vals = [torch.empty_like(pad_vals) for _ in range(world)]
-            dist.all_gather(all_rows, pad_rows)
-            dist.all_gather(all_vals, pad_vals)
+            all_rows, all_vals = _all_gather_rows(rows, grad[rows], world)
             grad[rows] = 0  # only these rows are non-zero locally
-            for c, r, v in zip(counts, all_rows, all_vals):
-                n = int(c.item())
-                grad.index_add_(0, r[:n], v[:n])
+            grad.index_add_(0, all_rows, all_vals)
             grad /= world
         else:
             for p in params:
@@ -190,12 +191,37 @@ def sync_gradients_sparse_rows(model: torch.nn.Module, world: int) -> None:
                     p.grad /= world
 
 
+def _all_gather_rows(rows: torch.Tensor, vals: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's (rows [n_k], vals [n_k, d]) concatenated in rank order (padded all-gathers)."""
+    dev = vals.device  # NCCL needs device tensors; gloo takes CPU ones
+    count = torch.tensor([rows.numel()], dtype=torch.long, device=dev)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    width = max(sizes)
+    pad_rows = torch.zeros(width, dtype=torch.long, device=dev)
+    pad_rows[:rows.numel()] = rows
+    pad_vals = torch.zeros(width, vals.shape[1], dtype=vals.dtype, device=dev)
+    pad_vals[:rows.numel()] = vals
+    all_rows = [torch.empty_like(pad_rows) for _ in range(world)]
+    all_vals = [torch.empty_like(pad_vals) for _ in range(world)]
+    dist.all_gather(all_rows, pad_rows)
+    dist.all_gather(all_vals, pad_vals)
+    return (torch.cat([r[:n] for r, n in zip(all_rows, sizes)]),
+            torch.cat([v[:n] for v, n in zip(all_vals, sizes)]))
+
+
 def _peak_rss_per_rank(rank: int, world: int) -> list[float]:
     """Peak resident memory (MiB) of every rank's process so far (``ru_maxrss``, KiB on Linux)."""
     import resource
 
+    return _per_rank(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rank, world)
+
+
+def _per_rank(value: float, rank: int, world: int) -> list[float]:
+    """Every rank's ``value``, in rank order (a collective: all ranks must call it)."""
     mine = torch.zeros(world, dtype=torch.float64)
-    mine[rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mine[rank] = value
     if world > 1:
         dist.all_reduce(mine)
     return mine.tolist()
@@ -235,9 +261,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, n_users, n_responses).to(device)
+    # Row-sparse gradients where tables are looked up (not full-graph propagation, which reads every
+    # row and gives a dense gradient that DDP must then expect). Before DDP: it reads the flag once.
+    use_sparse_embedding_grads(model, cfg.optimizer != "adamw" and not (_is_gnn(model) and cfg.mode == "full"))
     if world > 1 and cfg.grad_sync == "ddp":
         model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     spe = len(rank_batches(n_train, 0, cfg, rank, world))
     scheduler = cosine_with_warmup(optimizer, spe * cfg.epochs, cfg.warmup_ratio)
     sampler = full_edges = None
@@ -251,7 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         full_edges = SignedEdges.from_graph(graph).to(device)
 
-    state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0,
+    state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0, "train_cpu_seconds": 0.0,
              "restored_from_epoch": None, "stopped_early": False}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -282,6 +311,9 @@ def train_loop_per_worker(config: dict) -> None:
             raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
         losses = []
         t_epoch = t_epoch_start = time.perf_counter()
+        # This worker's CPU seconds too: unlike wall time, not stretched by other processes on the cores.
+        c_epoch = c_epoch_start = time.process_time()
+        state.setdefault("train_cpu_seconds", 0.0)
         for step_batch in global_batches(n_train, epoch, cfg, world):
             idx = step_batch[rank::world]
             u, a, r = (torch.from_numpy(x[idx]).to(device) for x in (train_u, train_a, train_b))
@@ -296,22 +328,25 @@ def train_loop_per_worker(config: dict) -> None:
             if world > 1 and cfg.grad_sync == "sparse_rows":
                 sync_gradients_sparse_rows(model, world)
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             state["step"] += 1
             losses.append(float(loss.detach()))
             if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
                 state["train_seconds"] += time.perf_counter() - t_epoch
+                state["train_cpu_seconds"] += time.process_time() - c_epoch
                 acc = evaluate() if rank == 0 else float("nan")
                 state["evals"].append({"step": state["step"], "train_seconds": state["train_seconds"],
-                                       "test_accuracy": acc})
+                                       "train_cpu_seconds": state["train_cpu_seconds"], "test_accuracy": acc})
                 stop = stop_flag(cfg.stop_at_accuracy is not None and acc >= cfg.stop_at_accuracy)
-                t_epoch = time.perf_counter()  # evaluation time is not training time
+                t_epoch, c_epoch = time.perf_counter(), time.process_time()  # evaluation is not training
                 if stop:
                     break
         state["train_seconds"] += time.perf_counter() - t_epoch
+        state["train_cpu_seconds"] += time.process_time() - c_epoch
         epoch_wall = time.perf_counter() - t_epoch_start  # includes mid-epoch evaluations, if any
+        epoch_cpu = _per_rank(time.process_time() - c_epoch_start, rank, world)
         loss_mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
         if world > 1:
             dist.all_reduce(loss_mean)
@@ -320,7 +355,8 @@ def train_loop_per_worker(config: dict) -> None:
         state["peak_rss_mb_per_rank"] = _peak_rss_per_rank(rank, world)
         state["history"].append({"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc,
                                  "steps": state["step"], "train_seconds": state["train_seconds"],
-                                 "epoch_seconds": epoch_wall, "epoch_steps": len(losses)})
+                                 "epoch_seconds": epoch_wall, "epoch_cpu_seconds_per_rank": epoch_cpu,
+                                 "epoch_steps": len(losses)})
         state["epoch"] = epoch + 1
         if not stop and cfg.stop_at_accuracy is not None and not cfg.eval_every_steps:
             stop = stop_flag(acc >= cfg.stop_at_accuracy)
