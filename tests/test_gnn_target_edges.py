@@ -81,3 +81,16 @@ def test_sampled_subgraph_masking_uses_local_ids():
     by_global = mask_target_edges(sub.edges, n_r, bu, ba, bb, user_nodes=sub.user_nodes, resp_nodes=sub.resp_nodes)
     for name in ("pos_norm", "neg_norm", "pos_norm_to_resp", "neg_norm_to_resp"):
         torch.testing.assert_close(getattr(by_global, name), getattr(masked, name))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, True),                                    # job default: propagation-only layer, masked
+    ({"transform": True, "activation": True}, False),  # Eq. 2-3: masking measured to hurt
+    ({"transform": True, "exclude_target_edges": True}, True),  # explicit choice wins
+    ({"model": "uniform"}, False),                 # baselines have no message passing
+])
+def test_train_config_resolves_target_edge_masking(overrides, expected):
+    from copl_ray.gnn.train import TrainGNNConfig
+
+    cfg = TrainGNNConfig(dataset="d", output_dir="o", **overrides)
+    assert cfg.exclude_target_edges is expected

@@ -74,9 +74,11 @@ class TrainGNNConfig(JobConfig):
     activation: bool = Field(False, description="copl: LeakyReLU after each layer (paper: true)")
     model_options: dict = Field(default_factory=dict, description="extra model config fields")
     mode: Literal["sampled", "full"] = "sampled"
-    exclude_target_edges: bool = Field(True, description=(
+    exclude_target_edges: bool | None = Field(None, description=(
         "score each training pair without its own two edges in the message-passing graph"
-        " (copl_ray/gnn/target_edges.py; departs from the paper, docs/ARCHITECTURE.md has the measurements)"))
+        " (copl_ray/gnn/target_edges.py; departs from the paper). None: on for the propagation-only"
+        " layer (transform=false), off with transform=true, where it was measured to hurt"
+        " (docs/ARCHITECTURE.md, GNN defaults)"))
     fanouts: list[int] = Field(default_factory=lambda: [10, 10],
                                description="neighbours per sign per layer, outermost hop last")
     epochs: int = Field(20, ge=1)
@@ -112,6 +114,8 @@ class TrainGNNConfig(JobConfig):
         if self.mode == "sampled" and self.model == "copl" and len(self.fanouts) != self.num_layers:
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but num_layers={self.num_layers};"
                              " give one fan-out per layer (or mode=full)")
+        if self.exclude_target_edges is None:
+            self.exclude_target_edges = self.model == "copl" and not self.transform
         for key in ("transform", "activation", "dim", "num_layers"):
             if key in self.model_options:
                 raise ValueError(f"model_options.{key}: set the top-level key {key} instead")
