@@ -10,10 +10,12 @@ Embeddings for a batch come from either
 - ``mode="full"``: full-graph propagation for every batch (the official implementation's way).
 
 Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch. AdamW with a cosine
-schedule and linear warm-up (ratio 0.1). Gradients are synchronized with DDP
-(``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU), a dense all-reduce of every table,
+schedule and linear warm-up (ratio 0.1); by default (``optimizer="sparse_grad_adamw"``) embedding
+lookups give row-sparse gradients and AdamW's exact step is taken from them
+(`copl_ray.gnn.optim`; ``row_sparse_adamw`` is the lazy variant). Gradients are synchronized with
+DDP (``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU; sparse gradients on gloo only),
 or with ``grad_sync="sparse_rows"``: embedding tables exchange only the rows a step touched
-(the same mean gradient; for 1M-user tables).
+(the same mean gradient; for 1M-user tables, and the faster of the two there).
 
 Departures from the paper (App. D.2), stated:
 - Eq. 5's lambda ||theta||^2 is AdamW's decoupled ``weight_decay`` (not the coupled penalty).
