@@ -31,7 +31,12 @@ def _hits(edge_user: Tensor, edge_resp: Tensor, user: Tensor, resp: Tensor, n_re
     """[E] bool: edge (edge_user, edge_resp) is one of the (user, resp) pairs."""
     if edge_user.numel() == 0 or user.numel() == 0:
         return torch.zeros(edge_user.shape, dtype=torch.bool, device=edge_user.device)
-    return torch.isin(edge_user * n_resp + edge_resp, user * n_resp + resp)
+    # Binary search in the sorted batch keys: about half of torch.isin's time on a 1M-user
+    # sampled step (600k edges vs 1k keys; 45 -> 18 ms measured, one thread).
+    keys = torch.sort(user * n_resp + resp).values
+    query = edge_user * n_resp + edge_resp
+    at = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return keys[at] == query
 
 
 def mask_target_edges(edges: SignedEdges, n_resp: int, user: Tensor, chosen: Tensor, rejected: Tensor,
