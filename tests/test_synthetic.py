@@ -273,6 +273,7 @@ def test_same_seed_same_data_and_sharding_does_not_matter(tmp_path_factory):
     (["preset=ufp2", "annotations=avg", "survey_size=10"], "annotations_per_user"),
     (["preset=ufp2", "test_pool_size=20"], "test_pairs_per_unseen_user"),
     (["preset=ufp4", "presett=ufp2"], "presett"),
+    (["preset=ufp4", "test_pool=survey", "survey_size=30"], r"fewshot_per_user \+ test_pairs_per_unseen_user"),
 ])
 def test_bad_spec_names_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
@@ -311,3 +312,24 @@ def test_ufp2_dimensions_rule_keeps_pairs_the_groups_agree_on(tmp_path_factory):
     for split in ANNOTATION_SPLITS:
         assert (_margins(d, split, "ufp2") > 0).all()
         assert (d["ann"][split].kind.to_numpy() == _kinds(d, split, "ufp2")).all()
+
+
+def test_survey_test_pool_keeps_test_pairs_in_the_graph_and_apart_from_train(tmp_path_factory):
+    """``test_pool=survey``: each user's test pairs are survey pairs they did not annotate, labelled
+    by their own weights; the dataset validates and its test responses are graph responses."""
+    root, spec, metrics = _make(tmp_path_factory, "survey_pool", preset="ufp4", n_users=200, annotations="avg",
+                                test_pool="survey")
+    validate_dataset(root)
+    d = _load(root)
+    survey = d["pairs"].query("pool == 'survey'")
+    survey_pairs = set(zip(survey.response_a_id, survey.response_b_id)) | set(zip(survey.response_b_id, survey.response_a_id))
+    for own, test in (("train", "test"), ("fewshot", "test_unseen")):
+        a, t = d["ann"][own], d["ann"][test]
+        assert set(zip(t.chosen_id, t.rejected_id)) <= survey_pairs
+        keys = lambda df: set(zip(df.user_id, np.minimum(df.chosen_id, df.rejected_id),  # noqa: E731
+                                  np.maximum(df.chosen_id, df.rejected_id)))
+        assert not keys(a) & keys(t), f"{own} and {test} share a user's pair"
+        assert (t.groupby("user_id").size() == (spec.test_pairs_per_user if test == "test"
+                                                else spec.test_pairs_per_unseen_user)).all()
+        assert (_margins(d, test, "ufp4") > 0).all()
+    assert metrics["annotations"]["train"] == int(d["users"].n_train.sum())

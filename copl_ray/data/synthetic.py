@@ -44,6 +44,10 @@ Departures from the paper, on purpose:
 * the test pool holds a share ``test_common_fraction`` of common pairs (ufp2: 0.48, the share that
   reproduces the Total row of the paper's Table 3 from its Common/Controversial rows; other presets
   0, like their filtered sources), so accuracy can be split by ``kind``;
+* ``test_pool=survey`` (an option) draws each user's test pairs from the survey pairs that user
+  did not annotate (disjoint from their train / few-shot pairs), so the test responses are in the
+  graph and GNN dot-product accuracy (`gnn_test_accuracy`, adaptation's ``unseen_accuracy``) is
+  defined; the default keeps the paper's held-out prompts ("test pairs not in the survey set");
 * the official code's bugs are not repeated: test labels follow each user's own preference, unseen
   users exist, and every draw is seeded (one stream per purpose and user block, so output does not
   depend on ``rows_per_shard``).
@@ -57,6 +61,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from copl_ray.config import JobConfig
@@ -109,6 +114,9 @@ class SyntheticSpec(JobConfig):
     survey_rule: Literal["groups_disagree", "dimensions_disagree"] = Field(
         "groups_disagree", description="survey pairs: the groups disagree (issue), or not all four"
         " score dimensions agree (UF-P's own rule; differs from the default only for ufp2)")
+    test_pool: Literal["held_out_prompts", "survey"] = Field(
+        "held_out_prompts", description="where test / test_unseen pairs come from: a pool on separate"
+        " prompts (paper), or the survey pairs each user did not annotate (responses in the graph)")
     rows_per_shard: int = Field(1_000_000, ge=1)
 
     @model_validator(mode="before")
@@ -133,10 +141,16 @@ class SyntheticSpec(JobConfig):
                 raise ValueError(f"group_ratios: need {len(groups)} positive numbers for {list(groups)},"
                                  f" got {self.group_ratios}")
         most = 2 * self.annotations_per_user - 1 if self.annotations == "avg" else self.annotations_per_user
-        for name, need, pool in (("annotations_per_user", most, "survey_size"),
-                                 ("fewshot_per_user", self.fewshot_per_user, "survey_size"),
-                                 ("test_pairs_per_user", self.test_pairs_per_user, "test_pool_size"),
-                                 ("test_pairs_per_unseen_user", self.test_pairs_per_unseen_user, "test_pool_size")):
+        if self.test_pool == "survey":  # train + test (few-shot + test_unseen) distinct survey pairs
+            checks = (("annotations_per_user + test_pairs_per_user", most + self.test_pairs_per_user, "survey_size"),
+                      ("fewshot_per_user + test_pairs_per_unseen_user",
+                       self.fewshot_per_user + self.test_pairs_per_unseen_user, "survey_size"))
+        else:
+            checks = (("annotations_per_user", most, "survey_size"),
+                      ("fewshot_per_user", self.fewshot_per_user, "survey_size"),
+                      ("test_pairs_per_user", self.test_pairs_per_user, "test_pool_size"),
+                      ("test_pairs_per_unseen_user", self.test_pairs_per_unseen_user, "test_pool_size"))
+        for name, need, pool in checks:
             if need > getattr(self, pool):
                 raise ValueError(f"{name}: a user would need {need} distinct pairs but {pool} is {getattr(self, pool)}")
         if self.preset == "tldr" and self.test_common_fraction > 0:
@@ -189,7 +203,21 @@ class _Annotator:
     def block(self, rng: np.random.Generator, users: np.ndarray, counts: np.ndarray, pool: PairSet) -> pa.Table:
         """Annotations of ``users [n]`` (global indices), ``counts [n]`` distinct pairs each."""
         row, item = sample_distinct(rng, counts, len(pool))
-        user = users[row]
+        return self._label(rng, users[row], item, pool)
+
+    def block_split(self, rng: np.random.Generator, users: np.ndarray, first: np.ndarray, second: np.ndarray,
+                    pool: PairSet) -> tuple[pa.Table, pa.Table]:
+        """Two annotation tables over disjoint pairs: user i gets ``first[i] + second[i]`` distinct
+        pairs, the first ``first[i]`` of them in the first table (e.g. train and test)."""
+        row, item = sample_distinct(rng, first + second, len(pool))
+        start = np.r_[0, np.cumsum(first + second)[:-1]]
+        in_first = (np.arange(row.size) - start[row]) < first[row]
+        labelled = self._label(rng, users[row], item, pool)
+        mask = pa.array(in_first)
+        return labelled.filter(mask), labelled.filter(pc.invert(mask))
+
+    def _label(self, rng: np.random.Generator, user: np.ndarray, item: np.ndarray, pool: PairSet) -> pa.Table:
+        """Each user's label on pool pair ``item`` (``user``, ``item`` [N] aligned)."""
         a, b = pool.a[item], pool.b[item]
         margin = np.einsum("nd,nd->n", self.weights[user], self.scores[a] - self.scores[b])
         a_wins = margin > 0  # an exact tie (w . d == 0) goes to b; grouped presets have none
@@ -260,6 +288,12 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
         "test_unseen": (n_seen, n_all, _TEST_UNSEEN, spec.test_pairs_per_unseen_user, corpus.test),
     }
     rows = {}
+    if spec.test_pool == "survey":  # test pairs: survey pairs the user did not annotate
+        rows.update(_write_split_pairs(annot, spec, folder, ("train", "test"), 0, n_seen, _TRAIN,
+                                       counts, spec.test_pairs_per_user, corpus.survey))
+        rows.update(_write_split_pairs(annot, spec, folder, ("fewshot", "test_unseen"), n_seen, n_all, _FEWSHOT,
+                                       spec.fewshot_per_user, spec.test_pairs_per_unseen_user, corpus.survey))
+        jobs = {}
     for split, (start, stop, stream, per_user, pool) in jobs.items():
         writer = ShardWriter(folder / split, spec.rows_per_shard)
         for block, lo in enumerate(range(start, stop, BLOCK_USERS)):
@@ -268,7 +302,8 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
             writer.add(annot.block(_stream(spec.seed, stream, block), users_blk, c, pool))
         rows[split] = writer.close()
 
-    test_kind = np.bincount(corpus.test.kind, minlength=2) / max(len(corpus.test), 1)
+    test_pairs = corpus.survey if spec.test_pool == "survey" else corpus.test
+    test_kind = np.bincount(test_pairs.kind, minlength=2) / max(len(test_pairs), 1)
     return {
         "preset": spec.preset, "n_seen_users": n_seen, "n_unseen_users": spec.n_unseen_users,
         "n_prompts": len(corpus.prompt_text), "n_responses": len(corpus.response_text),
@@ -280,6 +315,19 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
         "response_words_mean": float(np.mean([len(t.split()) for t in corpus.response_text])),
         "prompt_words_mean": float(np.mean([len(t.split()) for t in corpus.prompt_text])),
     }
+
+
+def _write_split_pairs(annot: _Annotator, spec: SyntheticSpec, folder: Path, splits: tuple[str, str],
+                       start: int, stop: int, stream: int, first, second, pool: PairSet) -> dict:
+    """Write two splits over disjoint pairs of ``pool`` for users [start, stop); returns row counts.
+    ``first`` / ``second``: per-user counts [n_all] or a constant."""
+    writers = [ShardWriter(folder / name, spec.rows_per_shard) for name in splits]
+    for block, lo in enumerate(range(start, stop, BLOCK_USERS)):
+        users_blk = np.arange(lo, min(lo + BLOCK_USERS, stop))
+        c1, c2 = (c[users_blk] if isinstance(c, np.ndarray) else np.full(users_blk.size, c) for c in (first, second))
+        for writer, table in zip(writers, annot.block_split(_stream(spec.seed, stream, block), users_blk, c1, c2, pool)):
+            writer.add(table)
+    return {name: writer.close() for name, writer in zip(splits, writers)}
 
 
 def _pairs_table(corpus: Corpus, prompt_ids: pa.Array, response_ids: pa.Array) -> pa.Table:
