@@ -293,14 +293,14 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
                                        counts, spec.test_pairs_per_user, corpus.survey))
         rows.update(_write_split_pairs(annot, spec, folder, ("fewshot", "test_unseen"), n_seen, n_all, _FEWSHOT,
                                        spec.fewshot_per_user, spec.test_pairs_per_unseen_user, corpus.survey))
-        jobs = {}
-    for split, (start, stop, stream, per_user, pool) in jobs.items():
-        writer = ShardWriter(folder / split, spec.rows_per_shard)
-        for block, lo in enumerate(range(start, stop, BLOCK_USERS)):
-            users_blk = np.arange(lo, min(lo + BLOCK_USERS, stop))
-            c = per_user[users_blk] if isinstance(per_user, np.ndarray) else np.full(users_blk.size, per_user)
-            writer.add(annot.block(_stream(spec.seed, stream, block), users_blk, c, pool))
-        rows[split] = writer.close()
+    else:
+        for split, (start, stop, stream, per_user, pool) in jobs.items():
+            writer = ShardWriter(folder / split, spec.rows_per_shard)
+            for block, lo in enumerate(range(start, stop, BLOCK_USERS)):
+                users_blk = np.arange(lo, min(lo + BLOCK_USERS, stop))
+                c = _block_counts(per_user, users_blk)
+                writer.add(annot.block(_stream(spec.seed, stream, block), users_blk, c, pool))
+            rows[split] = writer.close()
 
     test_pairs = corpus.survey if spec.test_pool == "survey" else corpus.test
     test_kind = np.bincount(test_pairs.kind, minlength=2) / max(len(test_pairs), 1)
@@ -320,14 +320,20 @@ def generate_dataset(spec: SyntheticSpec, root: str | os.PathLike) -> dict:
 def _write_split_pairs(annot: _Annotator, spec: SyntheticSpec, folder: Path, splits: tuple[str, str],
                        start: int, stop: int, stream: int, first, second, pool: PairSet) -> dict:
     """Write two splits over disjoint pairs of ``pool`` for users [start, stop); returns row counts.
-    ``first`` / ``second``: per-user counts [n_all] or a constant."""
+    ``first`` / ``second``: counts indexed by global user index, or a constant."""
     writers = [ShardWriter(folder / name, spec.rows_per_shard) for name in splits]
     for block, lo in enumerate(range(start, stop, BLOCK_USERS)):
         users_blk = np.arange(lo, min(lo + BLOCK_USERS, stop))
-        c1, c2 = (c[users_blk] if isinstance(c, np.ndarray) else np.full(users_blk.size, c) for c in (first, second))
-        for writer, table in zip(writers, annot.block_split(_stream(spec.seed, stream, block), users_blk, c1, c2, pool)):
+        tables = annot.block_split(_stream(spec.seed, stream, block), users_blk,
+                                   _block_counts(first, users_blk), _block_counts(second, users_blk), pool)
+        for writer, table in zip(writers, tables):
             writer.add(table)
     return {name: writer.close() for name, writer in zip(splits, writers)}
+
+
+def _block_counts(per_user, users_blk: np.ndarray) -> np.ndarray:
+    """Counts [n] of a block's users: ``per_user`` indexed by global user index, or a constant."""
+    return per_user[users_blk] if isinstance(per_user, np.ndarray) else np.full(users_blk.size, per_user)
 
 
 def _pairs_table(corpus: Corpus, prompt_ids: pa.Array, response_ids: pa.Array) -> pa.Table:
