@@ -55,3 +55,15 @@ def tiny_dataset(tmp_path) -> Path:
     from tests.tiny_data import write_tiny_dataset
 
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def small_ufp4(tmp_path_factory) -> Path:
+    """200 users over 4 UF-P-4 groups, 16 annotations each on a 300-pair survey (dense overlap),
+    for GNN training tests. Read-only: tests write their outputs elsewhere."""
+    from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
+
+    root = tmp_path_factory.mktemp("gnn") / "ufp4"
+    generate_dataset(SyntheticSpec(preset="ufp4", n_users=200, survey_size=300, n_unseen_users=4,
+                                   test_pairs_per_unseen_user=5, seed=0), root)
+    return root

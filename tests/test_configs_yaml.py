@@ -6,12 +6,12 @@ the job's config model is the `JobConfig` subclass in that module with an ``outp
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from copl_ray.config import JobConfig, load_config
+from tests.job_loader import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -23,9 +23,7 @@ def _job_name(path: Path) -> str:
 
 
 def _config_model(job: str) -> type[JobConfig]:
-    spec = importlib.util.spec_from_file_location(f"_job_{job}", ROOT / "jobs" / f"{job}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_job(job)
     models = {
         obj for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, JobConfig) and obj is not JobConfig

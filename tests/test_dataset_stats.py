@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from copl_ray.eval.dataset_stats import Triples, divergence_stats, graph_stats
+from tests.job_loader import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,9 +96,7 @@ def test_reach_samples_sources_when_graph_is_large():
 
 
 def test_job_on_tiny_dataset(tiny_dataset, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("_dataset_stats", ROOT / "jobs" / "dataset_stats.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("dataset_stats")
     out = tmp_path / "stats"
     job.main([f"dataset={tiny_dataset}", f"output_dir={out}"])
     m = json.loads((out / "metrics.json").read_text())
@@ -120,8 +118,6 @@ def test_job_rejects_a_broken_dataset_naming_the_file(tiny_dataset, tmp_path):
 
     append_annotations(tiny_dataset, "train", pa.table({
         "user_id": ["mallory"], "prompt_id": ["p0"], "chosen_id": ["r0a"], "rejected_id": ["r0b"]}))
-    spec = importlib.util.spec_from_file_location("_dataset_stats", ROOT / "jobs" / "dataset_stats.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("dataset_stats")
     with pytest.raises(SystemExit, match=r"append-.*\.parquet: row 0: field 'user_id' 'mallory' names an unknown user"):
         job.main([f"dataset={tiny_dataset}", f"output_dir={tmp_path / 'o'}"])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from copl_ray.gnn.optim import RowSparseAdamW, build_optimizer, clip_grad_norm_, use_sparse_embedding_grads
+from tests.job_loader import load_job
 
 # Tiny tensors: one OpenMP thread (see conftest.one_torch_thread).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -242,35 +243,19 @@ def test_row_exchange_of_sparse_gradients_equals_the_dense_mean(tmp_path):
     torch.testing.assert_close(out[0][True][0], out[1][True][0])  # every rank holds the mean
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
-
-    root = tmp_path_factory.mktemp("gnn_optim") / "ufp4"
-    generate_dataset(SyntheticSpec(preset="ufp4", n_users=120, survey_size=200, n_unseen_users=2,
-                                   test_pairs_per_unseen_user=2, seed=1), root)
-    return root
-
-
 @pytest.mark.integration
-def test_sampled_training_row_gradients_equal_dense_ones(ray_session, small_dataset, tmp_path):
+def test_sampled_training_row_gradients_equal_dense_ones(ray_session, small_ufp4, tmp_path):
     """2 workers, sampled mode (each rank its own sampler stream, the same in every run): dense
     gradients + DDP, row-sparse gradients + DDP (the default) and row-sparse gradients + the row
     exchange train the same model with the exact optimizer."""
-    import importlib.util
-    from pathlib import Path
-
     from copl_ray.embeddings import read_embeddings
 
-    spec = importlib.util.spec_from_file_location(
-        "train_gnn_job", Path(__file__).resolve().parents[1] / "jobs" / "train_gnn.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("train_gnn")
     runs = {"dense_ddp": ["optimizer=adamw"], "rows_ddp": ["optimizer=sparse_grad_adamw"],
             "rows_exchange": ["optimizer=sparse_grad_adamw", "grad_sync=sparse_rows"]}
     emb = {}
     for name, extra in runs.items():
-        job.main([f"dataset={small_dataset}", f"output_dir={tmp_path / name}", "batch_size=128", "lr=0.01",
+        job.main([f"dataset={small_ufp4}", f"output_dir={tmp_path / name}", "batch_size=128", "lr=0.01",
                   "dim=16", "epochs=1", "num_workers=2", "fanouts=[3,3]", *extra])
         emb[name] = read_embeddings(tmp_path / name / "users.parquet")[1]
     scale = max(1.0, np.abs(emb["dense_ddp"]).max())

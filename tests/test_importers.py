@@ -4,7 +4,6 @@ paper's rules, and malformed input must be rejected naming file, line and field.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,16 +16,14 @@ import pytest
 from copl_ray.data import read_annotations, read_table, validate_dataset
 from copl_ray.data.importers.common import FormatError, sample_without_replacement
 from copl_ray.data.importers.personalllm import ALL_REWARD_MODELS, COPL_REWARD_MODELS
+from tests.job_loader import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["n_users=40", "n_unseen_users=4", "n_test=3", "n_unseen_test=3"]
 
 
 def _job():
-    spec = importlib.util.spec_from_file_location("_import_dataset", ROOT / "jobs" / "import_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("import_dataset")
 
 
 def run(args):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,16 +13,14 @@ import yaml
 
 from copl_ray.config import load_config
 from copl_ray.data.dataset import validate_dataset
+from tests.job_loader import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "make_synthetic.py"
 
 
 def _job():
-    spec = importlib.util.spec_from_file_location("_job_make_synthetic", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("make_synthetic")
 
 
 def _digest(root: Path) -> dict[str, str]:

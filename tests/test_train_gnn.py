@@ -18,6 +18,7 @@ import torch
 from copl_ray.config import ConfigError, load_config
 from copl_ray.eval.gnn_metrics import gnn_accuracy
 from copl_ray.gnn.train import TrainGNNConfig, rank_batches
+from tests.job_loader import load_job
 
 
 def _cfg(**kw) -> TrainGNNConfig:
@@ -82,37 +83,19 @@ def test_accuracy_counts_in_graph_pairs_ties_half_and_splits():
 # ----------------------------------------------------------------------------- integration
 
 
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    """200 users over 4 UF-P-4 groups, 16 annotations each on a 300-pair survey (dense overlap)."""
-    from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
-
-    root = tmp_path_factory.mktemp("gnn") / "ufp4"
-    generate_dataset(SyntheticSpec(preset="ufp4", n_users=200, survey_size=300, n_unseen_users=4,
-                                   test_pairs_per_unseen_user=5, seed=0), root)
-    return root
-
-
 def _train(dataset, out, *extra):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "train_gnn_job", Path(__file__).resolve().parents[1] / "jobs" / "train_gnn.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job.main([f"dataset={dataset}", f"output_dir={out}", "batch_size=256", "lr=0.01",
+    return load_job("train_gnn").main([f"dataset={dataset}", f"output_dir={out}", "batch_size=256", "lr=0.01",
                      "holdout_fraction=0.1", "dim=32", *extra])
 
 
 @pytest.mark.integration
-def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_dataset, tmp_path):
+def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_ufp4, tmp_path):
     from copl_ray.embeddings import read_embeddings
 
     common = ["mode=full", "epochs=5"]
-    two = _train(small_dataset, tmp_path / "w2", "num_workers=2", *common)
-    one = _train(small_dataset, tmp_path / "w1", "num_workers=1", *common)
-    sparse = _train(small_dataset, tmp_path / "w2s", "num_workers=2", "grad_sync=sparse_rows", *common)
+    two = _train(small_ufp4, tmp_path / "w2", "num_workers=2", *common)
+    one = _train(small_ufp4, tmp_path / "w1", "num_workers=1", *common)
+    sparse = _train(small_ufp4, tmp_path / "w2s", "num_workers=2", "grad_sync=sparse_rows", *common)
     assert two["epoch_loss"][-1] < 0.7 * two["epoch_loss"][0]
     assert two["gnn_holdout_accuracy"] > 0.75  # chance is 0.5
     assert abs(two["gnn_holdout_accuracy"] - one["gnn_holdout_accuracy"]) <= 0.01
@@ -126,14 +109,14 @@ def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_dataset, t
 
 
 @pytest.mark.integration
-def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_dataset, tmp_path):
+def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_ufp4, tmp_path):
     from copl_ray.embeddings import read_embeddings
     from copl_ray.gnn.model import CoPLGNN, load_model
     from copl_ray.graph.id_map import IdMap
     from copl_ray.graph.signed_graph import SignedGraph
 
     out = tmp_path / "resume"
-    m = _train(small_dataset, out, "num_workers=2", "epochs=3", "fail_at_epoch=2", "fanouts=[5,5]")
+    m = _train(small_ufp4, out, "num_workers=2", "epochs=3", "fail_at_epoch=2", "fanouts=[5,5]")
     assert m["resumed_from_epoch"] == 2  # epochs 0-1 came from the checkpoint, not a rerun
     assert m["epochs_run"] == 3 and len(m["epoch_loss"]) == 3
     assert m["epoch_loss"][2] < m["epoch_loss"][0]
@@ -141,10 +124,10 @@ def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_da
     users = IdMap.load(out / "user_index.parquet")
     ids, emb = read_embeddings(out / "users.parquet")
     assert ids.to_pylist() == users.ids.to_pylist() and emb.shape == (200, 32)
-    seen = pq.read_table(small_dataset / "users.parquet").to_pandas().query("split == 'seen'")
+    seen = pq.read_table(small_ufp4 / "users.parquet").to_pandas().query("split == 'seen'")
     assert ids.to_pylist() == seen.user_id.tolist()
     rids, remb = read_embeddings(out / "responses.parquet")
-    assert len(rids) == pq.read_metadata(small_dataset / "responses.parquet").num_rows
+    assert len(rids) == pq.read_metadata(small_ufp4 / "responses.parquet").num_rows
     graph = SignedGraph.load(out)
     assert graph.n_users == 200 and graph.num_edges == 2 * m["graph"]["n_train_annotations"]
     # The saved model reproduces the exported embeddings (what adaptation relies on).
