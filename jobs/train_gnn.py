@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
     metrics.update({
         "model": cfg.model,
         "epochs_run": len(history),
-        "epoch_loss": [h["loss"] for h in history],
+        "epoch_loss": [h["loss"] for h in history],  # the objective: BTL + l2 penalty
+        "epoch_btl_loss": [h.get("btl_loss") for h in history],
         # Scored each epoch on the holdout when there is one, else on annotations/test.
         "epoch_accuracy_pairs": "holdout" if built.holdout is not None else "test",
         "epoch_accuracy": [h["test_accuracy"] for h in history],

@@ -13,6 +13,7 @@ vector, so ``embed_all`` gives CONTRACT-3 embeddings for all of them:
   Sec. 3.1). LoRe weights each user's loss by 1/|D_i|; `btl_loss(weight=...)` takes such weights,
   the shared trainer uses the plain pair mean (a departure when the trainer does not pass them).
 
+``ID_TABLES`` names the tables indexed by user / response id (the trainer's Eq. 5 penalty).
 Constructors take keyword fields (``n_users, n_responses, dim, ...``) and keep them as ``cfg``.
 ``forward(user [B], resp [B]) -> s [B]``; ``embed(user, resp) -> (e_u [B, k], e_r [B, k])``.
 """
@@ -80,6 +81,8 @@ class _PairScorer(nn.Module):
 class LearnableEmbeddings(_PairScorer):
     """Free user and response embeddings (paper: "w/o GNN embedding"), s = e_u . e_r."""
 
+    ID_TABLES = {"user": ("user_emb",), "resp": ("resp_emb",)}
+
     def __init__(self, **fields):
         super().__init__(**fields)
         self.user_emb = nn.Embedding(self.cfg.n_users, self.cfg.dim)
@@ -100,6 +103,8 @@ class UniformScores(_PairScorer):
     ``dim`` is accepted for a uniform constructor and ignored (the embeddings are 1-d).
     """
 
+    ID_TABLES = {"user": (), "resp": ("resp_score",)}
+
     def __init__(self, **fields):
         super().__init__(**fields)
         self.resp_score = nn.Embedding(self.cfg.n_responses, 1)
@@ -115,6 +120,8 @@ class UniformScores(_PairScorer):
 
 class LoRe(_PairScorer):
     """LoRe (Eq. 10): s_{u,r} = w_u . R_r with w_u = softmax(logits_u) in the simplex, R_r in R^B."""
+
+    ID_TABLES = {"user": ("user_logits",), "resp": ("basis",)}
 
     def __init__(self, **fields):
         super().__init__(**fields)

@@ -64,6 +64,8 @@ class CoPLGNN(nn.Module):
     them). psi is applied after every layer including the last, as Eq. 3 is written.
     """
 
+    ID_TABLES = {"user": ("user_emb",), "resp": ("resp_emb",)}  # e^(0), penalized by Eq. 5's lambda
+
     def __init__(self, cfg: GNNConfig):
         super().__init__()
         self.cfg = cfg

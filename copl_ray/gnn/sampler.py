@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from copl_ray.gnn.sparse import Adjacency
+from copl_ray.gnn.sparse import Adjacency, row_major_order
 from copl_ray.graph.signed_graph import SignedGraph
 
 __all__ = ["SignedEdges", "Subgraph", "NeighborSampler"]
@@ -132,7 +132,7 @@ class SignedEdges:
         if key not in self._cache:
             if by_source:
                 rows, cols, vals = self._directed(positive, to)
-                order = torch.sort(cols, stable=True).indices
+                order = row_major_order(cols, rows, int(rows.max()) + 1 if rows.numel() else 1)
                 # (source, target, weight): the rows of A^T are the sources
                 self._cache[key] = (cols[order], rows[order], vals[order])
             else:
@@ -144,7 +144,7 @@ class SignedEdges:
                     keep = vals != 0  # edges sampled by the other side carry nothing this way
                     rows, cols, vals = rows[keep], cols[keep], vals[keep]
                 if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
-                    order = torch.sort(rows, stable=True).indices
+                    order = row_major_order(rows, cols, int(cols.max()) + 1)
                     rows, cols, vals = rows[order], cols[order], vals[order]
                 self._cache[key] = (rows, cols, vals)
         return self._cache[key]

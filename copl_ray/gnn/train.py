@@ -12,13 +12,18 @@ Embeddings for a batch come from either
 Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch. AdamW with a cosine
 schedule and linear warm-up (ratio 0.1); by default (``optimizer="sparse_grad_adamw"``) embedding
 lookups give row-sparse gradients and AdamW's exact step is taken from them
-(`copl_ray.gnn.optim`; ``row_sparse_adamw`` is the lazy variant). Gradients are synchronized with
-DDP (``ray.train.torch.prepare_model``; gloo on CPU, NCCL on GPU; sparse gradients on gloo only),
-or with ``grad_sync="sparse_rows"``: embedding tables exchange only the rows a step touched
-(the same mean gradient; for 1M-user tables, and the faster of the two there).
+(`copl_ray.gnn.optim`; ``row_sparse_adamw`` is the lazy variant). Gradients are averaged over the
+workers by ``grad_sync="sparse_rows"`` (default: embedding tables all-gather only the rows a step
+touched, other parameters are all-reduced; gloo on CPU, NCCL on GPU) or ``"ddp"``
+(``ray.train.torch.prepare_model``; sparse gradients on gloo only). Both give the same mean
+gradient; sparse_rows was the faster at 10k and at 1M users (`jobs/bench_gnn.py`).
 
 Departures from the paper (App. D.2), stated:
-- Eq. 5's lambda ||theta||^2 is AdamW's decoupled ``weight_decay`` (not the coupled penalty).
+- Eq. 5's lambda ||theta||^2 is taken per batch, as LightGCN's code does: ``l2`` times the batch
+  mean of the squared norms of its triples' ID embeddings (e_u^(0), e_a^(0), e_b^(0); `id_l2`), so
+  a row is penalized in proportion to how often it is scored. Layer matrices (``transform=true``)
+  get AdamW's decoupled ``weight_decay`` instead. The paper gives no lambda; ``l2=1`` was measured
+  (docs/ARCHITECTURE.md, "GNN defaults"): UF-P-4 withheld-pair accuracy 75.3 -> 80.2.
 - Defaults are CPU-sized: d=64, L=2, lr 1e-3, 20 epochs (paper: d=512, L=4, lr 1e-4, 300 epochs;
   ``configs/train_gnn/paper.yaml``).
 - Sampled neighbourhoods instead of full-graph propagation per batch (``mode=full`` restores it).
@@ -86,13 +91,17 @@ class TrainGNNConfig(JobConfig):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(1024, ge=1, description="global pairs per step, split across workers")
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW decay: Eq. 5's lambda ||theta||^2")
+    l2: float = Field(1.0, ge=0, description=(
+        "Eq. 5's lambda: l2 * batch mean of ||e_u^(0)||^2 + ||e_a^(0)||^2 + ||e_b^(0)||^2 over the"
+        " batch's triples (coupled, in the loss; every model in the harness). 0 = off"))
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW's decoupled decay (all parameters)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(None, gt=0)
     num_workers: int = Field(2, ge=1)
-    grad_sync: Literal["ddp", "sparse_rows"] = Field("ddp", description=(
-        "ddp: dense all-reduce of every parameter; sparse_rows: embedding tables exchange only the"
-        " rows the step touched (same averaged gradient, far less traffic at 1M users)"))
+    grad_sync: Literal["ddp", "sparse_rows"] = Field("sparse_rows", description=(
+        "sparse_rows: embedding tables exchange only the rows the step touched (all-gather of row"
+        " ids and rows; the other parameters are all-reduced); ddp: Ray Train's prepare_model (torch"
+        " DDP). Same averaged gradient; sparse_rows was faster at 10k and at 1M users (bench_gnn)"))
     optimizer: Literal["adamw", "sparse_grad_adamw", "row_sparse_adamw"] = Field("sparse_grad_adamw", description=(
         "adamw: torch AdamW, dense gradients. sparse_grad_adamw: embedding lookups give row-sparse"
         " gradients (exchanged as rows), AdamW's exact step. row_sparse_adamw: the same gradients, lazy"
@@ -360,7 +369,8 @@ def train_loop_per_worker(config: dict) -> None:
                        if cfg.exclude_target_edges else None)
             s_a, s_b = batch_scores(model, u, a, r, sampler=sampler, full_edges=full_edges, device=device,
                                     target_triples=targets)
-            loss = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
+            btl = -torch.nn.functional.logsigmoid(s_a - s_b).mean()
+            loss = btl + cfg.l2 * id_l2(model, u, a, r) if cfg.l2 else btl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1 and cfg.grad_sync == "sparse_rows":
@@ -370,7 +380,7 @@ def train_loop_per_worker(config: dict) -> None:
             optimizer.step()
             scheduler.step()
             state["step"] += 1
-            losses.append(float(loss.detach()))
+            losses.append((float(loss.detach()), float(btl.detach())))
             if cfg.eval_every_steps and state["step"] % cfg.eval_every_steps == 0:
                 state["train_seconds"] += time.perf_counter() - t_epoch
                 state["train_cpu_seconds"] += time.process_time() - c_epoch
@@ -385,13 +395,15 @@ def train_loop_per_worker(config: dict) -> None:
         state["train_cpu_seconds"] += time.process_time() - c_epoch
         epoch_wall = time.perf_counter() - t_epoch_start  # includes mid-epoch evaluations, if any
         epoch_cpu = _per_rank(time.process_time() - c_epoch_start, rank, world)
-        loss_mean = torch.tensor([float(np.mean(losses)) if losses else float("nan")])
+        # [objective, BTL part] averaged over this epoch's steps and the ranks
+        loss_mean = torch.tensor(np.mean(losses, axis=0) if losses else [float("nan")] * 2, dtype=torch.float32)
         if world > 1:
             dist.all_reduce(loss_mean)
             loss_mean /= world
         acc = evaluate() if rank == 0 and cfg.evaluate_each_epoch else float("nan")
         state["peak_rss_mb_per_rank"] = _peak_rss_per_rank(rank, world)
-        state["history"].append({"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc,
+        state["history"].append({"epoch": epoch, "loss": float(loss_mean[0]), "btl_loss": float(loss_mean[1]),
+                                 "test_accuracy": acc,
                                  "steps": state["step"], "train_seconds": state["train_seconds"],
                                  "epoch_seconds": epoch_wall, "epoch_cpu_seconds_per_rank": epoch_cpu,
                                  "epoch_steps": len(losses)})
@@ -399,7 +411,7 @@ def train_loop_per_worker(config: dict) -> None:
         if not stop and cfg.stop_at_accuracy is not None and not cfg.eval_every_steps:
             stop = stop_flag(acc >= cfg.stop_at_accuracy)
         state["stopped_early"] = bool(stop)
-        metrics = {"epoch": epoch, "loss": float(loss_mean), "test_accuracy": acc}
+        metrics = {"epoch": epoch, "loss": float(loss_mean[0]), "btl_loss": float(loss_mean[1]), "test_accuracy": acc}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -474,6 +486,22 @@ def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torc
     e_user, e_resp = model(edges, sub.user_nodes.to(device), sub.resp_nodes.to(device))
     e_u = e_user[inv_u]
     return (e_u * e_resp[inv_r[:b]]).sum(-1), (e_u * e_resp[inv_r[b:]]).sum(-1)
+
+
+def id_l2(model: torch.nn.Module, user: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Batch mean of ||e_u^(0)||^2 + ||e_a^(0)||^2 + ||e_b^(0)||^2 (scalar) for triples user,
+    chosen, rejected [B]: the rows of every ID table the model names in ``ID_TABLES``
+    (``{"user": (...), "resp": (...)}``; e.g. CoPL's ``user_emb`` / ``resp_emb``, LoRe's logits and
+    basis). Looked up again here rather than taken from the forward pass, which (full graph,
+    sampled subgraph) holds these rows at positions that differ by mode."""
+    m = _unwrap(model)
+    total = user.new_zeros((), dtype=torch.float32)
+    for side, ids in (("user", (user,)), ("resp", (chosen, rejected))):
+        for name in type(m).ID_TABLES[side]:
+            table = getattr(m, name)
+            for i in ids:
+                total = total + table(i).float().pow(2).sum(-1).mean()
+    return total
 
 
 @torch.no_grad()
