@@ -246,12 +246,13 @@ def test_row_exchange_of_sparse_gradients_equals_the_dense_mean(tmp_path):
 @pytest.mark.integration
 def test_sampled_training_row_gradients_equal_dense_ones(ray_session, small_ufp4, tmp_path):
     """2 workers, sampled mode (each rank its own sampler stream, the same in every run): dense
-    gradients + DDP, row-sparse gradients + DDP (the default) and row-sparse gradients + the row
-    exchange train the same model with the exact optimizer."""
+    gradients + DDP, row-sparse gradients + DDP and row-sparse gradients + the row exchange (the
+    default) train the same model with the exact optimizer."""
     from copl_ray.embeddings import read_embeddings
 
     job = load_job("train_gnn")
-    runs = {"dense_ddp": ["optimizer=adamw"], "rows_ddp": ["optimizer=sparse_grad_adamw"],
+    runs = {"dense_ddp": ["optimizer=adamw", "grad_sync=ddp"],
+            "rows_ddp": ["optimizer=sparse_grad_adamw", "grad_sync=ddp"],
             "rows_exchange": ["optimizer=sparse_grad_adamw", "grad_sync=sparse_rows"]}
     emb = {}
     for name, extra in runs.items():
