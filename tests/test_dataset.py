@@ -163,3 +163,16 @@ def test_extra_columns_are_allowed(tmp_path):
     write_dataset(tmp_path, t["prompts"], responses, t["users"], t["annotations"])
     validate_dataset(tmp_path)
     assert "score_length" in read_table(tmp_path, "responses").column_names
+
+
+def test_dictionary_encoded_string_columns_are_strings(tmp_path):
+    """pandas categoricals and dictionary pages store ids as dictionary<string>: valid strings."""
+    t = tiny_tables()
+    write_dataset(tmp_path, t["prompts"], t["responses"], t["users"], t["annotations"])
+    for path in annotation_files(tmp_path, "train") + [tmp_path / "users.parquet"]:
+        table = pq.read_table(path)
+        pq.write_table(pa.table({c: table.column(c).dictionary_encode() for c in table.column_names}), path)
+    assert validate_dataset(tmp_path).n_annotations["train"] == 8
+    train = read_annotations(tmp_path, "train")
+    assert train.schema.field("user_id").type == pa.string()
+    assert train.column("user_id").to_pylist()[:2] == ["alice", "alice"]

@@ -142,3 +142,18 @@ def test_unknown_response_and_missing_column(ray_session, tiny_dataset):
     pq.write_table(pa.table({"user_id": ["bob"], "chosen_id": ["r1a"]}), bad)
     with pytest.raises(DatasetError, match=r"zz-bad.parquet: missing column 'rejected_id'"):
         build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_dictionary_encoded_ids_build_the_same_graph(ray_session, tiny_dataset):
+    plain = build_graph(tiny_dataset)
+    for path in annotation_files(tiny_dataset, "train"):
+        table = pq.read_table(path)
+        pq.write_table(pa.table({c: table.column(c).dictionary_encode() for c in table.column_names}), path)
+    encoded = build_graph(tiny_dataset)
+    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
+        assert torch.equal(getattr(plain.graph, name), getattr(encoded.graph, name))
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["bob"], "prompt_id": ["p1"], "chosen_id": ["r1a"], "rejected_id": ["r1a"]}))
+    with pytest.raises(DatasetError, match=r"row 0: fields 'chosen_id' and 'rejected_id' are the same"):
+        build_graph(tiny_dataset)

@@ -141,6 +141,14 @@ def annotation_files(root: str | os.PathLike, split: str) -> list[Path]:
     return sorted(files, key=lambda p: (p.name.startswith("append-"), p.name))
 
 
+def is_string_type(typ: pa.DataType) -> bool:
+    """String columns as writers store them: string, large_string, or dictionary-encoded strings
+    (pandas categoricals, Spark/Arrow dictionary pages); all read as plain strings."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
 def _check_columns(table: pa.Table, contract: pa.Schema, path: Path) -> pa.Table:
     """Check that the contract columns exist with string type and no stray nulls."""
     for f in contract:
@@ -151,7 +159,7 @@ def _check_columns(table: pa.Table, contract: pa.Schema, path: Path) -> pa.Table
         col = table.column(f.name)
         if col.type == pa.null() and f.name in schema.NULLABLE:
             continue
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if not is_string_type(col.type):
             raise DatasetError(
                 f"{path}: column {f.name!r} has type {col.type}, expected {f.type}"
             )

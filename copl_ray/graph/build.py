@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.data.dataset import DatasetError, annotation_files, read_table
+from copl_ray.data.dataset import DatasetError, annotation_files, is_string_type, read_table
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
@@ -100,8 +100,7 @@ def _check_shard_schemas(files: list[Path], columns: list[str]) -> None:
             if name not in sch.names:
                 raise DatasetError(f"{path}: missing column {name!r} (has {sch.names})")
             typ = sch.field(name).type
-            if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)
-                    or (name == "kind" and pa.types.is_null(typ))):
+            if not (is_string_type(typ) or (name == "kind" and pa.types.is_null(typ))):
                 raise DatasetError(f"{path}: column {name!r} has type {typ}, expected string")
 
 
@@ -131,6 +130,7 @@ def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap) -> 
     """Driver-side, error path only: find the first bad row file by file and raise naming it."""
     for path in files:
         table = pq.read_table(path, columns=["user_id", "chosen_id", "rejected_id"])
+        table = table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
         for col, ids, what in (("user_id", user_map.ids, "seen user"),
                                ("chosen_id", response_map.ids, "response"),
                                ("rejected_id", response_map.ids, "response")):
@@ -215,7 +215,10 @@ def index_annotations(
         raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no Parquet shards")
     columns = ["user_id", "chosen_id", "rejected_id"] + (["kind"] if with_kind else [])
     _check_shard_schemas(files, columns)
-    ds = ray.data.read_parquet([str(p) for p in files], columns=columns)
+    # A pinned schema: shards may store ids as string, large_string or dictionary (checked above);
+    # without it Ray Data refuses to unify shards whose types differ.
+    ds = ray.data.read_parquet([str(p) for p in files], columns=columns,
+                               schema=pa.schema([(name, pa.string()) for name in columns]))
     ds = ds.map_batches(
         _index_batch,
         batch_format="pyarrow",
