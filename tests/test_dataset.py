@@ -176,3 +176,21 @@ def test_dictionary_encoded_string_columns_are_strings(tmp_path):
     train = read_annotations(tmp_path, "train")
     assert train.schema.field("user_id").type == pa.string()
     assert train.column("user_id").to_pylist()[:2] == ["alice", "alice"]
+
+
+def test_absent_nullable_columns_read_as_null(tmp_path):
+    """``kind`` and ``group`` are nullable: a file without them is valid and reads as all null."""
+    t = tiny_tables()
+    write_dataset(tmp_path, t["prompts"], t["responses"], t["users"].drop_columns(["group"]),
+                  t["annotations"], rows_per_shard=5)
+    first = annotation_files(tmp_path, "train")[0]
+    pq.write_table(pq.read_table(first).drop_columns(["kind"]), first)
+    users = pq.read_table(tmp_path / "users.parquet").drop_columns(["group"])
+    pq.write_table(users, tmp_path / "users.parquet")
+    assert validate_dataset(tmp_path).n_annotations["train"] == 8
+    kinds = read_annotations(tmp_path, "train").column("kind").to_pylist()
+    assert kinds == [None] * 5 + ["controversial"] * 3
+    assert read_table(tmp_path, "users").column("group").null_count == 6
+    pq.write_table(pq.read_table(first).drop_columns(["chosen_id"]), first)
+    with pytest.raises(DatasetError, match=r"missing column 'chosen_id'"):
+        validate_dataset(tmp_path)

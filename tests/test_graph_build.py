@@ -157,3 +157,19 @@ def test_dictionary_encoded_ids_build_the_same_graph(ray_session, tiny_dataset):
         "user_id": ["bob"], "prompt_id": ["p1"], "chosen_id": ["r1a"], "rejected_id": ["r1a"]}))
     with pytest.raises(DatasetError, match=r"row 0: fields 'chosen_id' and 'rejected_id' are the same"):
         build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_shard_without_kind_reads_unknown_kinds(ray_session, tmp_path):
+    t = tiny_tables()
+    root = tmp_path / "d"
+    write_dataset(root, t["prompts"], t["responses"], t["users"].drop_columns(["group"]), t["annotations"],
+                  rows_per_shard=5)
+    first = annotation_files(root, "train")[0]
+    pq.write_table(pq.read_table(first).drop_columns(["kind"]), first)
+    pq.write_table(pq.read_table(root / "users.parquet").drop_columns(["group"]), root / "users.parquet")
+    user_map, response_map, groups = build_id_maps(root)
+    assert list(groups) == [None] * 4
+    triples = index_annotations(root, "train", user_map, response_map, with_kind=True)
+    assert sorted(triples.kind.tolist()) == [-1] * 5 + [1] * 3
+    assert build_graph(root, holdout_fraction=0.25).stats["n_train_annotations"] == 6

@@ -150,9 +150,15 @@ def is_string_type(typ: pa.DataType) -> bool:
 
 
 def _check_columns(table: pa.Table, contract: pa.Schema, path: Path) -> pa.Table:
-    """Check that the contract columns exist with string type and no stray nulls."""
+    """Check that the contract columns exist with string type and no stray nulls.
+
+    A nullable column (``group``, ``kind``) that a file leaves out reads as all null, the way
+    `write_dataset` writes it."""
     for f in contract:
         if f.name not in table.column_names:
+            if f.name in schema.NULLABLE:
+                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+                continue
             raise DatasetError(
                 f"{path}: missing column {f.name!r} (has {table.column_names})"
             )

@@ -97,6 +97,8 @@ def _check_shard_schemas(files: list[Path], columns: list[str]) -> None:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from exc
         for name in columns:
+            if name == "kind" and name not in sch.names:
+                continue  # nullable: a shard without it reads as unknown kinds
             if name not in sch.names:
                 raise DatasetError(f"{path}: missing column {name!r} (has {sch.names})")
             typ = sch.field(name).type
