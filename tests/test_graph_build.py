@@ -173,3 +173,12 @@ def test_shard_without_kind_reads_unknown_kinds(ray_session, tmp_path):
     triples = index_annotations(root, "train", user_map, response_map, with_kind=True)
     assert sorted(triples.kind.tolist()) == [-1] * 5 + [1] * 3
     assert build_graph(root, holdout_fraction=0.25).stats["n_train_annotations"] == 6
+
+
+@pytest.mark.parametrize("table, column", [("users", "user_id"), ("responses", "response_id")])
+def test_duplicate_ids_name_file_and_row(tiny_dataset, table, column):
+    path = tiny_dataset / f"{table}.parquet"
+    t = pq.read_table(path)
+    pq.write_table(pa.concat_tables([t, t.slice(1, 1)]), path)
+    with pytest.raises(DatasetError, match=rf"{table}.parquet: row {t.num_rows}: field '{column}' value .* is not unique"):
+        build_id_maps(tiny_dataset)

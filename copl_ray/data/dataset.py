@@ -239,7 +239,7 @@ def _first_violation(mask: np.ndarray) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-def _check_unique(table: pa.Table, column: str, path: Path) -> None:
+def check_unique(table: pa.Table, column: str, path: Path) -> None:
     values = table.column(column).to_numpy(zero_copy_only=False)
     order = np.argsort(values, kind="stable")
     repeats = order[1:][values[order[1:]] == values[order[:-1]]]
@@ -276,9 +276,9 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     prompts = read_table(root, "prompts")
     responses = read_table(root, "responses")
     users = read_table(root, "users")
-    _check_unique(prompts, "prompt_id", root / "prompts.parquet")
-    _check_unique(responses, "response_id", root / "responses.parquet")
-    _check_unique(users, "user_id", root / "users.parquet")
+    check_unique(prompts, "prompt_id", root / "prompts.parquet")
+    check_unique(responses, "response_id", root / "responses.parquet")
+    check_unique(users, "user_id", root / "users.parquet")
     _check_refs(
         responses.column("prompt_id"), prompts.column("prompt_id").combine_chunks(),
         root / "responses.parquet", "prompt_id", "prompt",

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.data.dataset import DatasetError, annotation_files, is_string_type, read_table
+from copl_ray.data.dataset import DatasetError, annotation_files, check_unique, is_string_type, read_table
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
@@ -83,6 +83,9 @@ def build_id_maps(dataset: str | os.PathLike) -> tuple[IdMap, IdMap, np.ndarray]
     if seen.num_rows == 0:
         raise DatasetError(f"{Path(dataset) / 'users.parquet'}: no row has split == 'seen'")
     responses = read_table(dataset, "responses")
+    # Before IdMap, whose own check cannot say which file and row repeat an id.
+    check_unique(users, "user_id", Path(dataset) / "users.parquet")
+    check_unique(responses, "response_id", Path(dataset) / "responses.parquet")
     user_map = IdMap(seen.column("user_id").combine_chunks())
     response_map = IdMap(responses.column("response_id").combine_chunks())
     groups = np.asarray(seen.column("group").to_pylist(), dtype=object)
