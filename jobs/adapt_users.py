@@ -3,7 +3,7 @@
     python jobs/adapt_users.py dataset=D gnn_dir=G output_dir=O
     python jobs/adapt_users.py --config configs/adapt_users/default.yaml dataset=D gnn_dir=G output_dir=O
 
-Steps: load the GNN artifacts once; read the unseen users and their ``fewshot`` annotations;
+Steps: validate the dataset; load the GNN artifacts once; read the unseen users and their ``fewshot`` annotations;
 adapt them all (CoPL's weighted k-hop neighbours, batch path); write their embeddings
 (CONTRACT 3, with ``resolution``/``n_neighbors``/``n_annotations`` columns) to
 ``output_dir/users.parquet``; score ``test_unseen`` by dot product. With ``compare=true`` the
@@ -29,7 +29,7 @@ from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa:
 from copl_ray.adapt.baselines import naive_avg, user_opt  # noqa: E402
 from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, first_n_rank, plot_curves  # noqa: E402
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import read_annotations, read_table  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
 
 METHODS = ("copl", "naive_avg", "user_opt")
@@ -66,6 +66,10 @@ def run_method(method: str, art, fewshot: pa.Table, users: pa.Array, cfg: AdaptU
 
 def main(argv=None) -> dict:
     cfg = parse_job_args(AdaptUsersConfig, argv)
+    try:  # a bad row is reported with its file, row and field, not as a lookup error further on
+        validate_dataset(cfg.dataset)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
     write_resolved_config(cfg, cfg.output_dir)
     t0 = time.perf_counter()
     art = load_gnn_artifacts(cfg.gnn_dir, seed=cfg.seed)

@@ -92,3 +92,28 @@ def test_accuracy_report_counts_ties_half_and_in_graph_share():
     assert rep["accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert rep["by_group"] == {"g1": 0.75, "g2": 0.0}
     assert rep["in_graph"]["n_pairs"] == 3  # r7 has a negative edge, so it is in the graph
+
+
+@pytest.mark.parametrize("split, rows, message", [
+    ("fewshot", {"user_id": ["erin"], "chosen_id": ["r9"], "rejected_id": ["r1b"]},
+     "row 0: field 'chosen_id' names unknown response 'r9'"),
+    ("fewshot", {"user_id": ["alice"], "chosen_id": ["r1a"], "rejected_id": ["r1b"]},
+     "row 0: field 'user_id' 'alice' is a seen user"),
+    ("test_unseen", {"user_id": ["erin"], "chosen_id": ["r1a"], "rejected_id": ["nope"]},
+     "row 0: field 'rejected_id' names unknown response 'nope'"),
+    ("test_unseen", {"user_id": ["zed"], "chosen_id": ["r1a"], "rejected_id": ["r1b"]},
+     "row 0: field 'user_id' 'zed' names an unknown user"),
+])
+def test_bad_unseen_rows_name_their_file(tiny_dataset, tmp_path, split, rows, message):
+    """A bad row in a second shard: the error names that shard and the row within it (not the row
+    of all shards concatenated), and is a one-line error, not a KeyError traceback."""
+    import pyarrow as pa
+
+    from copl_ray.data import append_annotations
+    from jobs.adapt_users import main
+
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    path = append_annotations(tiny_dataset, split, pa.table({"prompt_id": ["p1"], **rows}))
+    with pytest.raises(SystemExit) as err:
+        main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false"])
+    assert str(path) in str(err.value) and message in str(err.value)
