@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_table, validate_dataset  # noqa: E402
 from copl_ray.reward.train import TrainRewardConfig, train_loop_per_worker  # noqa: E402
 
 
@@ -61,7 +61,10 @@ def _safe(name: str) -> str:
 
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainRewardConfig, argv)
-    summary = validate_dataset(cfg.dataset)
+    try:  # one error line naming file, row and field, before any worker starts
+        summary = validate_dataset(cfg.dataset)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
     t0 = time.perf_counter()
     metrics: dict = {"method": cfg.method, "n_seen_users": summary.n_seen_users,
                      "n_train_annotations": summary.n_annotations["train"]}
