@@ -170,7 +170,11 @@ def _unseen_users(dataset) -> list[str]:
 
 def _plots(cfg: EvaluateConfig, models: dict, seen: PairTable, experts, out: Path) -> dict:
     written = {}
-    if None in models and not np.all(models[None].user_buffer.numpy() == 0):
+    n_users = len(models[None].user_buffer) if None in models else 0
+    if None in models and n_users < plots.TSNE_MIN_POINTS:
+        written["tsne_users_skipped"] = (f"{n_users} users with an embedding; t-SNE needs at least "
+                                         f"{plots.TSNE_MIN_POINTS}")
+    elif None in models and not np.all(models[None].user_buffer.numpy() == 0):
         model = models[None]
         users = read_table(cfg.dataset, "users")
         group_of = dict(zip(users.column("user_id").to_pylist(), users.column("group").to_pylist()))

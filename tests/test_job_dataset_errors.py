@@ -23,3 +23,22 @@ def test_bad_test_row_names_file_row_and_field(tiny_dataset, tmp_path, job, keys
     msg = str(err.value)
     assert msg.startswith("error: ") and str(path) in msg
     assert "row 0: field 'rejected_id' names unknown response 'nope'" in msg
+
+
+def test_evaluate_plots_skip_tsne_with_too_few_users(tiny_dataset, tmp_path):
+    """4 seen users are a valid dataset; t-SNE needs 5 points. The plot is skipped with a reason
+    instead of failing the job after every metric was computed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from copl_ray.graph.id_map import IdMap
+
+    ev = load_job("evaluate")
+    cfg = ev.EvaluateConfig(dataset=str(tiny_dataset), reward_dir="r", output_dir=str(tmp_path))
+    model = SimpleNamespace(user_buffer=torch.randn(4, 3), user_ids=IdMap(["alice", "bob", "carol", "dave"]))
+    written = ev._plots(cfg, {None: model}, None, None, tmp_path)
+    assert "tsne_users" not in written and "5" in written["tsne_users_skipped"]
+    model.user_buffer = torch.randn(6, 3)
+    model.user_ids = IdMap(["alice", "bob", "carol", "dave", "erin", "frank"])
+    assert ev._plots(cfg, {None: model}, None, None, tmp_path)["tsne_users"] == "tsne_users.png"
