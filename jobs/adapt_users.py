@@ -135,11 +135,18 @@ def main(argv=None) -> dict:
             zero_copy_only=False).astype(np.int64), minlength=len(user_ids))
         metrics["curve_users_with_at_least_n"] = {str(n): int((have >= n).sum()) for n in cfg.given_counts}
         plot_curves(curves, Path(cfg.output_dir) / "curve.png")
+    reason = ("the dataset has no unseen users" if len(user_ids) == 0 else
+              "annotations/test_unseen holds no pairs" if report["n_pairs"] == 0 else None)
+    if reason:  # say why instead of a bare null (NaN) accuracy
+        metrics["unseen_accuracy"] = None
+        metrics["unseen_accuracy_reason"] = reason
     if held is not None:
         metrics["unseen_fewshot_holdout_accuracy"] = accuracy_report(art, user_ids, res.embeddings, held)["accuracy"]
         metrics["unseen_fewshot_holdout_pairs"] = held.num_rows
     write_metrics(metrics, cfg.output_dir)
-    print(f"adapt_users: {len(user_ids)} unseen users, unseen_accuracy={metrics['unseen_accuracy']:.4f} "
+    acc = metrics["unseen_accuracy"]
+    print(f"adapt_users: {len(user_ids)} unseen users, unseen_accuracy="
+          f"{reason if reason else format(acc, '.4f')} "
           f"({metrics['resolution_counts']}) -> {cfg.output_dir}")
     return metrics
 

@@ -117,3 +117,26 @@ def test_bad_unseen_rows_name_their_file(tiny_dataset, tmp_path, split, rows, me
     with pytest.raises(SystemExit) as err:
         main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false"])
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_no_unseen_users_says_why_accuracy_is_missing(tmp_path):
+    """A dataset without unseen users is valid (fewshot/test_unseen are then optional): the job
+    writes an empty users.parquet and says why there is no accuracy instead of a bare null."""
+    import pyarrow.compute as pc
+
+    from copl_ray.data import write_dataset
+    from jobs.adapt_users import main
+    from tests.tiny_data import tiny_tables
+
+    t = tiny_tables()
+    users = t["users"].filter(pc.equal(t["users"].column("split"), "seen"))
+    root = write_dataset(tmp_path / "d", t["prompts"], t["responses"], users,
+                         {k: t["annotations"][k] for k in ("train", "test")})
+    gnn = _gnn_dir_for(root, tmp_path / "gnn")
+    m = main([f"dataset={root}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "given_counts=[1]"])
+    assert m["n_unseen_users"] == 0 and m["unseen_accuracy"] is None
+    assert "no unseen users" in m["unseen_accuracy_reason"]
+    on_disk = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert on_disk["unseen_accuracy"] is None and on_disk["unseen_accuracy_reason"]
+    ids, emb = read_embeddings(tmp_path / "o" / "users.parquet")
+    assert len(ids) == 0 and emb.shape == (0, 4)
