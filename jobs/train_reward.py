@@ -15,6 +15,7 @@ driver can read (rank 0 exports the model there).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -59,6 +60,19 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def group_folders(groups: list[str]) -> dict[str, str]:
+    """A distinct file-safe folder (and Ray run) name per group: the group itself when it is one,
+    else its safe spelling plus a hash of the group, so 'a b' and 'a_b', two non-ASCII names, ''
+    or '..' never share (or escape) a folder."""
+    out = {}
+    for g in groups:
+        name = _safe(g)
+        if name != g or not name.strip("."):
+            name = f"{name}-{hashlib.sha256(g.encode()).hexdigest()[:10]}"
+        out[g] = name
+    return out
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainRewardConfig, argv)
     try:  # one error line naming file, row and field, before any worker starts
@@ -75,10 +89,10 @@ def main(argv=None) -> dict:
         if not groups:
             raise SystemExit(f"error: method=g_oracle needs true groups, but {cfg.dataset}/users.parquet has none")
         index = {}
-        for g in groups:
-            sub = cfg.model_copy(update={"group": g, "output_dir": str(Path(cfg.output_dir) / "groups" / _safe(g))})
-            metrics[f"group/{g}"] = _brief(run_trainer(sub, name=f"train_reward_g_oracle_{_safe(g)}"))
-            index[g] = f"groups/{_safe(g)}"
+        for g, folder in group_folders(groups).items():
+            sub = cfg.model_copy(update={"group": g, "output_dir": str(Path(cfg.output_dir) / "groups" / folder)})
+            metrics[f"group/{g}"] = _brief(run_trainer(sub, name=f"train_reward_g_oracle_{folder}"))
+            index[g] = f"groups/{folder}"
         Path(cfg.output_dir, "g_oracle.json").write_text(json.dumps({"groups": index}))
     else:
         metrics.update(_brief(run_trainer(cfg, name=f"train_reward_{cfg.method}")))

@@ -42,3 +42,15 @@ def test_evaluate_plots_skip_tsne_with_too_few_users(tiny_dataset, tmp_path):
     model.user_buffer = torch.randn(6, 3)
     model.user_ids = IdMap(["alice", "bob", "carol", "dave", "erin", "frank"])
     assert ev._plots(cfg, {None: model}, None, None, tmp_path)["tsne_users"] == "tsne_users.png"
+
+
+def test_g_oracle_group_folders_are_distinct():
+    """G-Oracle trains one model per group into groups/<folder> under a Ray run named after it:
+    groups whose file-safe spellings coincide ('a b' and 'a_b', non-ASCII names, '' or '..')
+    must not share a folder (the second run would overwrite, or resume, the first)."""
+    groups = ["a b", "a_b", "日本", "中国", "", ".", "..", "long", "x/y"]
+    folders = load_job("train_reward").group_folders(groups)
+    assert set(folders) == set(groups) and len(set(folders.values())) == len(groups)
+    assert folders["long"] == "long" and folders["a_b"] == "a_b"
+    for name in folders.values():
+        assert name and name.strip(".") and "/" not in name
