@@ -23,10 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError, read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
+from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.reward.train import TrainRewardConfig, train_loop_per_worker  # noqa: E402
 
 
@@ -60,6 +63,23 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def check_gnn_dir(cfg: TrainRewardConfig) -> None:
+    """copl / no_mole read every train user's embedding from gnn_dir: check on the driver that
+    they are all there, rather than fail inside each Ray Train worker attempt."""
+    if cfg.method not in ("copl", "no_mole"):
+        return
+    path = Path(cfg.gnn_dir) / "users.parquet"
+    try:
+        ids, _ = read_embeddings(path, "user_id")
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: gnn_dir: {exc}") from None
+    users = pc.unique(read_annotations(cfg.dataset, "train").column("user_id").combine_chunks())
+    missing = users.filter(pc.invert(pc.is_in(users, value_set=ids)))
+    if len(missing):
+        raise SystemExit(f"error: no embedding for seen user {missing[0].as_py()!r} ({len(missing)} train"
+                         f" users lack one) in {path}: gnn_dir must be a train_gnn output of this dataset")
+
+
 def group_folders(groups: list[str]) -> dict[str, str]:
     """A distinct file-safe folder (and Ray run) name per group: the group itself when it is one,
     else its safe spelling plus a hash of the group, so 'a b' and 'a_b', two non-ASCII names, ''
@@ -79,6 +99,7 @@ def main(argv=None) -> dict:
         summary = validate_dataset(cfg.dataset)
     except DatasetError as exc:
         raise SystemExit(f"error: {exc}") from None
+    check_gnn_dir(cfg)
     t0 = time.perf_counter()
     metrics: dict = {"method": cfg.method, "n_seen_users": summary.n_seen_users,
                      "n_train_annotations": summary.n_annotations["train"]}

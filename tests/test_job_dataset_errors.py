@@ -54,3 +54,20 @@ def test_g_oracle_group_folders_are_distinct():
     assert folders["long"] == "long" and folders["a_b"] == "a_b"
     for name in folders.values():
         assert name and name.strip(".") and "/" not in name
+
+
+def test_train_reward_checks_gnn_dir_before_starting_workers(tiny_dataset, tmp_path):
+    """A missing gnn_dir, or one trained on another dataset (a train user without an embedding),
+    is one error line from the driver, not a failure inside every Ray Train worker attempt."""
+    import numpy as np
+
+    from copl_ray.embeddings import write_embeddings
+
+    job = load_job("train_reward")
+    argv = [f"dataset={tiny_dataset}", f"output_dir={tmp_path / 'out'}"]
+    with pytest.raises(SystemExit, match=r"missing-gnn/users.parquet: embedding file not found"):
+        job.main([*argv, f"gnn_dir={tmp_path / 'missing-gnn'}"])
+    gnn = tmp_path / "gnn"
+    write_embeddings(gnn / "users.parquet", "user_id", ["alice", "bob", "carol"], np.zeros((3, 4)))
+    with pytest.raises(SystemExit, match=r"no embedding for seen user 'dave' .*gnn/users.parquet"):
+        job.main([*argv, f"gnn_dir={gnn}"])
