@@ -182,3 +182,12 @@ def test_duplicate_ids_name_file_and_row(tiny_dataset, table, column):
     pq.write_table(pa.concat_tables([t, t.slice(1, 1)]), path)
     with pytest.raises(DatasetError, match=rf"{table}.parquet: row {t.num_rows}: field '{column}' value .* is not unique"):
         build_id_maps(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_empty_train_split_is_named(ray_session, tiny_dataset):
+    """No train rows means no graph to learn from: say so naming the split, before training."""
+    for path in annotation_files(tiny_dataset, "train"):
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(DatasetError, match=r"annotations/train: split 'train' has no annotations"):
+        build_graph(tiny_dataset)

@@ -271,6 +271,9 @@ def build_graph(dataset: str | os.PathLike, holdout_fraction: float = 0.0, seed:
     user_map, response_map, groups = build_id_maps(dataset)
     t1 = time.perf_counter()
     train = index_annotations(dataset, "train", user_map, response_map, with_kind=holdout_fraction > 0)
+    if len(train) == 0:  # shards exist but hold no row: nothing to train on
+        raise DatasetError(f"{Path(dataset) / 'annotations' / 'train'}: split 'train' has no annotations;"
+                           " the graph is built from them")
     holdout = None
     if holdout_fraction > 0:
         train, holdout = split_holdout(train, holdout_fraction, seed)
