@@ -140,6 +140,11 @@ def main(argv=None) -> dict:
     if reason:  # say why instead of a bare null (NaN) accuracy
         metrics["unseen_accuracy"] = None
         metrics["unseen_accuracy_reason"] = reason
+    elif report["in_graph"]["n_pairs"] == 0:
+        metrics["unseen_accuracy_in_graph"] = None
+        metrics["unseen_accuracy_in_graph_reason"] = (
+            "no test_unseen pair has both responses in the graph (no edge in annotations/train);"
+            " unseen_accuracy then scores responses the GNN never trained")
     if held is not None:
         metrics["unseen_fewshot_holdout_accuracy"] = accuracy_report(art, user_ids, res.embeddings, held)["accuracy"]
         metrics["unseen_fewshot_holdout_pairs"] = held.num_rows

@@ -140,3 +140,27 @@ def test_no_unseen_users_says_why_accuracy_is_missing(tmp_path):
     assert on_disk["unseen_accuracy"] is None and on_disk["unseen_accuracy_reason"]
     ids, emb = read_embeddings(tmp_path / "o" / "users.parquet")
     assert len(ids) == 0 and emb.shape == (0, 4)
+
+
+def test_no_in_graph_test_pairs_says_why(tmp_path):
+    """make_synthetic's default test_unseen pairs lie on held-out prompts, whose responses have no
+    edge: the in-graph accuracy is then null with a reason, not a bare null."""
+    import pyarrow as pa
+
+    from copl_ray.data import write_dataset
+    from jobs.adapt_users import main
+    from tests.tiny_data import tiny_tables
+
+    t = tiny_tables()
+    responses = pa.concat_tables([t["responses"], pa.table({
+        "response_id": ["r3a", "r3b"], "prompt_id": ["p2", "p2"], "text": ["new", "newer"]})])
+    ann = dict(t["annotations"])
+    ann["test_unseen"] = pa.table({"user_id": ["erin", "frank"], "prompt_id": ["p2", "p2"],
+                                   "chosen_id": ["r3a", "r3b"], "rejected_id": ["r3b", "r3a"]})
+    root = write_dataset(tmp_path / "d", t["prompts"], responses, t["users"], ann)
+    gnn = _gnn_dir_for(root, tmp_path / "gnn")
+    m = main([f"dataset={root}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "given_counts=[1]",
+              "user_opt_steps=2"])
+    assert m["unseen_test_pairs"]["in_graph"] == 0 and m["unseen_accuracy_in_graph"] is None
+    assert "no edge" in m["unseen_accuracy_in_graph_reason"]
+    assert 0 <= m["unseen_accuracy"] <= 1
