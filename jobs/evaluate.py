@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
                              "reason": "w/o GNN learns embeddings of seen users only; unseen users have none"}
     else:
         unseen = load_pairs(cfg.dataset, "test_unseen", max_pairs=cfg.max_pairs, seed=cfg.seed)
-        ref_u = _concat(load_pairs(cfg.dataset, "fewshot"), load_pairs(cfg.dataset, "test_unseen"))
+        ref_u = _concat(load_pairs(cfg.dataset, "fewshot", allow_empty=True), load_pairs(cfg.dataset, "test_unseen"))
         u_correct, _, reason = _score_split(cfg, models, unseen, max_length)
         metrics["unseen"] = {"available": False, "reason": reason} if reason else \
             {"available": True, **accuracy_report(u_correct, unseen, ref_u)}

@@ -133,8 +133,8 @@ def test_empty_and_missing_splits(tiny_dataset):
         validate_dataset(tiny_dataset)
     write = tiny_tables()
     write_dataset(tiny_dataset, write["prompts"], write["responses"], write["users"], write["annotations"])
-    shutil.rmtree(tiny_dataset / "annotations" / "fewshot")
-    with pytest.raises(DatasetError, match=r"split 'fewshot' is empty or missing"):
+    shutil.rmtree(tiny_dataset / "annotations" / "test_unseen")
+    with pytest.raises(DatasetError, match=r"split 'test_unseen' is empty or missing"):
         validate_dataset(tiny_dataset)
 
 
@@ -194,3 +194,13 @@ def test_absent_nullable_columns_read_as_null(tmp_path):
     pq.write_table(pq.read_table(first).drop_columns(["chosen_id"]), first)
     with pytest.raises(DatasetError, match=r"missing column 'chosen_id'"):
         validate_dataset(tmp_path)
+
+
+def test_fewshot_is_optional_cold_start(tiny_dataset):
+    """Unseen users may give no onboarding annotation at all (cold start: adaptation falls back to
+    the population mean), so ``fewshot`` may be missing; ``test_unseen`` is still required."""
+    shutil.rmtree(tiny_dataset / "annotations" / "fewshot")
+    assert validate_dataset(tiny_dataset).n_annotations["fewshot"] == 0
+    shutil.rmtree(tiny_dataset / "annotations" / "test_unseen")
+    with pytest.raises(DatasetError, match=r"split 'test_unseen' is empty or missing"):
+        validate_dataset(tiny_dataset)

@@ -71,3 +71,23 @@ def test_train_reward_checks_gnn_dir_before_starting_workers(tiny_dataset, tmp_p
     write_embeddings(gnn / "users.parquet", "user_id", ["alice", "bob", "carol"], np.zeros((3, 4)))
     with pytest.raises(SystemExit, match=r"no embedding for seen user 'dave' .*gnn/users.parquet"):
         job.main([*argv, f"gnn_dir={gnn}"])
+
+
+@pytest.mark.integration
+def test_cold_start_unseen_users_run_end_to_end(ray_session, tiny_dataset, tmp_path):
+    """No fewshot folder: adapt_users gives every unseen user the population mean, and evaluate
+    scores them on test_unseen (no 'no annotations to use' error from the empty fewshot)."""
+    import shutil
+
+    from tests.test_adapt_job import _gnn_dir_for
+
+    shutil.rmtree(tiny_dataset / "annotations" / "fewshot")
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    m = load_job("adapt_users").main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}",
+                                      f"output_dir={tmp_path / 'adapt'}", "given_counts=[1]", "user_opt_steps=2"])
+    assert m["resolution_counts"] == {"population_mean": 2}
+    load_job("train_reward").main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'rm'}",
+                                   "model.backbone=tiny-llama", "max_length=32", "batch_size=4", "max_steps=1"])
+    ev = load_job("evaluate").main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"reward_dir={tmp_path / 'rm'}",
+                                    f"adapt_dir={tmp_path / 'adapt'}", f"output_dir={tmp_path / 'ev'}", "plots=false"])
+    assert ev["unseen"]["available"] is True and ev["unseen"]["n_pairs"] == 2

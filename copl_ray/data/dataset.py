@@ -268,7 +268,7 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     prompts; users' ``split`` is seen/unseen; annotations name known users, prompts and
     responses; chosen != rejected; ``kind`` is common/controversial/null; train/test hold only
     seen users and fewshot/test_unseen only unseen users; train and test are non-empty, and so
-    are fewshot and test_unseen when unseen users exist.
+    is test_unseen when unseen users exist (fewshot may be empty: cold-start users).
     """
     root = Path(root)
     if not root.is_dir():
@@ -299,7 +299,9 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     counts = {}
     for split in ANNOTATION_SPLITS:
         files = annotation_files(root, split)
-        required = split in SEEN_SPLITS or len(unseen) > 0
+        # fewshot may be empty: an unseen user may give no onboarding annotation (cold start,
+        # adapted to the population mean), and all of them may.
+        required = split in SEEN_SPLITS or (split == "test_unseen" and len(unseen) > 0)
         n_split = 0
         for path in files:
             table = read_annotation_file(path)
