@@ -64,6 +64,22 @@ def run_method(method: str, art, fewshot: pa.Table, users: pa.Array, cfg: AdaptU
                     weight_decay=cfg.user_opt_weight_decay)
 
 
+def check_responses_known(art, dataset: str, gnn_dir: str) -> None:
+    """Every response of ``fewshot`` and ``test_unseen`` must be one the GNN embedded; if not,
+    gnn_dir was trained on another dataset: say so, naming the shard and row."""
+    for split in ("fewshot", "test_unseen"):
+        table = read_annotations(dataset, split, with_source=True)
+        for name in ("chosen_id", "rejected_id"):
+            unknown = pc.invert(pc.is_in(table.column(name), value_set=art.response_ids))
+            bad = np.flatnonzero(unknown.to_numpy(zero_copy_only=False))
+            if bad.size:
+                i = int(bad[0])
+                raise SystemExit(
+                    f"error: {table.column('_file')[i].as_py()}: row {table.column('_row')[i].as_py()}: field"
+                    f" {name!r} names response {table.column(name)[i].as_py()!r}, which gnn_dir {gnn_dir} has no"
+                    f" embedding for ({bad.size} rows): gnn_dir must be a train_gnn output of this dataset")
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(AdaptUsersConfig, argv)
     try:  # a bad row is reported with its file, row and field, not as a lookup error further on
@@ -73,6 +89,7 @@ def main(argv=None) -> dict:
     write_resolved_config(cfg, cfg.output_dir)
     t0 = time.perf_counter()
     art = load_gnn_artifacts(cfg.gnn_dir, seed=cfg.seed)
+    check_responses_known(art, cfg.dataset, cfg.gnn_dir)
     users_t = read_table(cfg.dataset, "users")
     unseen = users_t.filter(pc.equal(users_t.column("split"), "unseen"))
     user_ids = unseen.column("user_id").combine_chunks()

@@ -164,3 +164,18 @@ def test_no_in_graph_test_pairs_says_why(tmp_path):
     assert m["unseen_test_pairs"]["in_graph"] == 0 and m["unseen_accuracy_in_graph"] is None
     assert "no edge" in m["unseen_accuracy_in_graph_reason"]
     assert 0 <= m["unseen_accuracy"] <= 1
+
+
+def test_gnn_dir_of_another_dataset_is_named(tiny_dataset, tmp_path):
+    """A gnn_dir trained on another dataset: one error line naming the gnn_dir and the shard and
+    row whose response it lacks (was: a row number into the concatenated shards, or a KeyError)."""
+    from copl_ray.data import annotation_files
+    from jobs.adapt_users import main
+    from tests.adapt_helpers import hand_artifacts
+
+    gnn = write_gnn_dir(hand_artifacts(), tmp_path / "other-gnn")
+    with pytest.raises(SystemExit) as err:
+        main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false"])
+    msg = str(err.value)
+    assert str(gnn) in msg and str(annotation_files(tiny_dataset, "fewshot")[0]) in msg
+    assert "row 0: field 'chosen_id'" in msg and "'r0a'" in msg
