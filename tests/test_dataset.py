@@ -204,3 +204,19 @@ def test_fewshot_is_optional_cold_start(tiny_dataset):
     shutil.rmtree(tiny_dataset / "annotations" / "test_unseen")
     with pytest.raises(DatasetError, match=r"split 'test_unseen' is empty or missing"):
         validate_dataset(tiny_dataset)
+
+
+def test_split_written_as_one_file_or_nested_gets_a_hint(tiny_dataset):
+    """annotations/train.parquet (a file, not the contract's folder) or shards one folder too deep:
+    the error says where the data is and what the layout wants, not just 'missing'."""
+    folder = tiny_dataset / "annotations" / "test"
+    (path,) = annotation_files(tiny_dataset, "test")
+    nested = folder / "date=2024" / "part-0.parquet"
+    nested.parent.mkdir()
+    path.rename(nested)
+    with pytest.raises(DatasetError, match=r"test: split 'test' is empty or missing.*date=2024/part-0.parquet"):
+        validate_dataset(tiny_dataset)
+    nested.rename(tiny_dataset / "annotations" / "test.parquet")
+    shutil.rmtree(folder)
+    with pytest.raises(DatasetError, match=r"is empty or missing.*annotations/test.parquet.*folder"):
+        validate_dataset(tiny_dataset)

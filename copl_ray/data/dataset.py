@@ -141,6 +141,21 @@ def annotation_files(root: str | os.PathLike, split: str) -> list[Path]:
     return sorted(files, key=lambda p: (p.name.startswith("append-"), p.name))
 
 
+def missing_split_hint(root: str | os.PathLike, split: str) -> str:
+    """Where a split's data sits when ``annotations/<split>/`` holds no shard directly (a single
+    ``annotations/<split>.parquet`` file, or shards in sub-folders); "" when nowhere."""
+    annotations = Path(root) / "annotations"
+    if (annotations / f"{split}.parquet").is_file():
+        found = annotations / f"{split}.parquet"
+    else:
+        nested = sorted((annotations / split).glob("*/**/*.parquet")) if (annotations / split).is_dir() else []
+        if not nested:
+            return ""
+        found = nested[0]
+    return (f"; found {found}: a split is a folder of Parquet shards read without sub-folders"
+            f" ({annotations / split}/*.parquet)")
+
+
 def is_string_type(typ: pa.DataType) -> bool:
     """String columns as writers store them: string, large_string, or dictionary-encoded strings
     (pandas categoricals, Spark/Arrow dictionary pages); all read as plain strings."""
@@ -340,7 +355,8 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
                 )
         if required and n_split == 0:
             where = root / "annotations" / split
-            raise DatasetError(f"{where}: split {split!r} is empty or missing")
+            raise DatasetError(f"{where}: split {split!r} is empty or missing"
+                               + missing_split_hint(root, split))
         counts[split] = n_split
     return DatasetSummary(
         n_prompts=prompts.num_rows,

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.data.dataset import DatasetError, annotation_files, check_unique, is_string_type, read_table
+from copl_ray.data.dataset import (DatasetError, annotation_files, check_unique, is_string_type,
+                                   missing_split_hint, read_table)
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
@@ -217,7 +218,8 @@ def index_annotations(
 
     files = annotation_files(dataset, split)
     if not files:
-        raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no Parquet shards")
+        raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no Parquet shards"
+                           + missing_split_hint(dataset, split))
     columns = ["user_id", "chosen_id", "rejected_id"] + (["kind"] if with_kind else [])
     _check_shard_schemas(files, columns)
     # A pinned schema: shards may store ids as string, large_string or dictionary (checked above);
