@@ -191,3 +191,16 @@ def test_empty_train_split_is_named(ray_session, tiny_dataset):
         pq.write_table(pq.read_table(path).slice(0, 0), path)
     with pytest.raises(DatasetError, match=r"annotations/train: split 'train' has no annotations"):
         build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_kind_outside_the_contract_names_file_and_row(ray_session, tiny_dataset):
+    """'Common' is not a kind: it was silently scored as 'unknown' in train_gnn's by-kind metrics."""
+    user_map, response_map, _ = build_id_maps(tiny_dataset)
+    path = append_annotations(tiny_dataset, "test", pa.table({
+        "user_id": ["bob", "dave"], "prompt_id": ["p1", "p0"], "chosen_id": ["r1a", "r0b"],
+        "rejected_id": ["r1b", "r0a"], "kind": [None, "Common"]}))
+    with pytest.raises(DatasetError, match=r"row 1: field 'kind' is 'Common', expected one of") as err:
+        index_annotations(tiny_dataset, "test", user_map, response_map, with_kind=True)
+    assert str(path) in str(err.value)
+    assert len(index_annotations(tiny_dataset, "test", user_map, response_map)) == 4  # kinds not read

@@ -128,13 +128,23 @@ def _index_batch(batch: pa.Table, users: pa.Array, responses: pa.Array, with_kin
     if with_kind:
         kind = batch.column("kind").cast(pa.string())
         code = pc.index_in(kind, value_set=pa.array(KINDS))
-        out["kind"] = pc.cast(pc.fill_null(code, -1), pa.int8())
+        # -1: null (unknown kind); -2: a value outside KINDS, reported by the driver.
+        invalid = pc.and_(pc.is_null(code), pc.is_valid(kind))
+        out["kind"] = pc.cast(pc.if_else(invalid, -2, pc.fill_null(code, -1)), pa.int8())
     return pa.table(out)
 
 
-def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap) -> None:
+def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap, with_kind: bool = False) -> None:
     """Driver-side, error path only: find the first bad row file by file and raise naming it."""
     for path in files:
+        if with_kind and "kind" in pq.read_schema(path).names:
+            kind = pq.read_table(path, columns=["kind"]).column("kind").cast(pa.string())
+            invalid = pc.and_kleene(pc.invert(pc.is_in(kind, value_set=pa.array(KINDS))), pc.is_valid(kind))
+            invalid = invalid.to_numpy(zero_copy_only=False)
+            if invalid.any():
+                row = int(np.flatnonzero(invalid)[0])
+                raise DatasetError(f"{path}: row {row}: field 'kind' is {kind[row].as_py()!r},"
+                                   f" expected one of {KINDS} or null")
         table = pq.read_table(path, columns=["user_id", "chosen_id", "rejected_id"])
         table = table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
         for col, ids, what in (("user_id", user_map.ids, "seen user"),
@@ -241,8 +251,10 @@ def index_annotations(
     if with_kind and table is None:
         cols["kind"] = cols["kind"].astype(np.int8)
     bad = (cols["user"] < 0) | (cols["chosen"] < 0) | (cols["rejected"] < 0) | (cols["chosen"] == cols["rejected"])
+    if with_kind:
+        bad |= cols["kind"] == -2
     if bad.any():
-        _locate_bad_row(files, user_map, response_map)
+        _locate_bad_row(files, user_map, response_map, with_kind)
     cols = _canonical_order(cols, names, len(user_map), len(response_map))
     return Triples(cols["user"], cols["chosen"], cols["rejected"], cols.get("kind"))
 
