@@ -204,3 +204,14 @@ def test_kind_outside_the_contract_names_file_and_row(ray_session, tiny_dataset)
         index_annotations(tiny_dataset, "test", user_map, response_map, with_kind=True)
     assert str(path) in str(err.value)
     assert len(index_annotations(tiny_dataset, "test", user_map, response_map)) == 4  # kinds not read
+
+
+def test_bad_user_split_names_users_file(tiny_dataset):
+    """split 'Seen' is a users.parquet error; it was reported as an unknown seen user in train."""
+    path = tiny_dataset / "users.parquet"
+    t = pq.read_table(path)
+    split = t.column("split").to_pylist()
+    split[2] = "Seen"
+    pq.write_table(t.set_column(t.column_names.index("split"), "split", pa.array(split)), path)
+    with pytest.raises(DatasetError, match=r"users.parquet: row 2: field 'split' is 'Seen', expected one of"):
+        build_id_maps(tiny_dataset)

@@ -32,6 +32,7 @@ import torch
 
 from copl_ray.data.dataset import (DatasetError, annotation_files, check_unique, is_string_type,
                                    missing_split_hint, read_table)
+from copl_ray.data.schema import USER_SPLITS
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
@@ -80,6 +81,11 @@ class BuiltGraph:
 def build_id_maps(dataset: str | os.PathLike) -> tuple[IdMap, IdMap, np.ndarray]:
     """(seen-user IdMap, response IdMap, group [n_users] of each seen user) in file order."""
     users = read_table(dataset, "users")
+    split = users.column("split").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isin(split, USER_SPLITS))
+    if bad.size:  # else its annotations would read as naming an unknown seen user
+        raise DatasetError(f"{Path(dataset) / 'users.parquet'}: row {int(bad[0])}: field 'split' is"
+                           f" {split[bad[0]]!r}, expected one of {USER_SPLITS}")
     seen = users.filter(pc.equal(users.column("split"), "seen"))
     if seen.num_rows == 0:
         raise DatasetError(f"{Path(dataset) / 'users.parquet'}: no row has split == 'seen'")
