@@ -50,7 +50,9 @@ def run_trainer(cfg: TrainRewardConfig, name: str) -> dict:
         train_loop_config={"job": cfg.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
-            name=name,
+            # A fresh name per run: Ray Train V2 resumes a finished run of the same name and
+            # storage, so a second job into this output_dir would export the old model untrained.
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=cfg.storage_path or str(out / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),

@@ -91,3 +91,18 @@ def test_cold_start_unseen_users_run_end_to_end(ray_session, tiny_dataset, tmp_p
     ev = load_job("evaluate").main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"reward_dir={tmp_path / 'rm'}",
                                     f"adapt_dir={tmp_path / 'adapt'}", f"output_dir={tmp_path / 'ev'}", "plots=false"])
     assert ev["unseen"]["available"] is True and ev["unseen"]["n_pairs"] == 2
+
+
+@pytest.mark.integration
+def test_train_reward_rerun_into_same_output_dir_trains_afresh(ray_session, tiny_dataset, tmp_path):
+    """Ray Train V2 resumes a finished run of the same name and storage: a second train_reward into
+    the same output_dir (another seed, or changed data) silently exported the first run's model
+    with zero new steps ("resumed": true)."""
+    from tests.test_adapt_job import _gnn_dir_for
+
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    args = [f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'rm'}",
+            "model.backbone=tiny-llama", "max_length=32", "batch_size=2", "max_steps=2"]
+    first = load_job("train_reward").main([*args, "seed=1"])
+    second = load_job("train_reward").main([*args, "seed=2"])
+    assert first["resumed"] is False and second["resumed"] is False and second["steps"] == 2
