@@ -117,7 +117,19 @@ def load_config(
         data = loaded
     data = _deep_merge(data, parse_overrides(overrides))
     try:
-        return model.model_validate(data)
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # A string field given `dataset=2024` (or 1e3, yes, null) wants the text as written,
+            # not the number YAML's scalar rules made of it: retry with the raw override text.
+            raw = dict(item.split("=", 1) for item in overrides)
+            retry = [".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "string_type"]
+            retry = [key for key in retry if key in raw]
+            if not retry:
+                raise
+            for key in retry:
+                _set_dotted(data, key, raw[key])
+            return model.model_validate(data)
     except ValidationError as exc:
         source = f"config {path}" if path is not None else "config"
         lines = [f"{source} is invalid for {model.__name__}:"]

@@ -3,7 +3,7 @@
     python jobs/adapt_users.py dataset=D gnn_dir=G output_dir=O
     python jobs/adapt_users.py --config configs/adapt_users/default.yaml dataset=D gnn_dir=G output_dir=O
 
-Steps: load the GNN artifacts once; read the unseen users and their ``fewshot`` annotations;
+Steps: validate the dataset; load the GNN artifacts once; read the unseen users and their ``fewshot`` annotations;
 adapt them all (CoPL's weighted k-hop neighbours, batch path); write their embeddings
 (CONTRACT 3, with ``resolution``/``n_neighbors``/``n_annotations`` columns) to
 ``output_dir/users.parquet``; score ``test_unseen`` by dot product. With ``compare=true`` the
@@ -29,7 +29,7 @@ from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa:
 from copl_ray.adapt.baselines import naive_avg, user_opt  # noqa: E402
 from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, first_n_rank, plot_curves  # noqa: E402
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import read_annotations, read_table  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
 
 METHODS = ("copl", "naive_avg", "user_opt")
@@ -64,11 +64,32 @@ def run_method(method: str, art, fewshot: pa.Table, users: pa.Array, cfg: AdaptU
                     weight_decay=cfg.user_opt_weight_decay)
 
 
+def check_responses_known(art, dataset: str, gnn_dir: str) -> None:
+    """Every response of ``fewshot`` and ``test_unseen`` must be one the GNN embedded; if not,
+    gnn_dir was trained on another dataset: say so, naming the shard and row."""
+    for split in ("fewshot", "test_unseen"):
+        table = read_annotations(dataset, split, with_source=True)
+        for name in ("chosen_id", "rejected_id"):
+            unknown = pc.invert(pc.is_in(table.column(name), value_set=art.response_ids))
+            bad = np.flatnonzero(unknown.to_numpy(zero_copy_only=False))
+            if bad.size:
+                i = int(bad[0])
+                raise SystemExit(
+                    f"error: {table.column('_file')[i].as_py()}: row {table.column('_row')[i].as_py()}: field"
+                    f" {name!r} names response {table.column(name)[i].as_py()!r}, which gnn_dir {gnn_dir} has no"
+                    f" embedding for ({bad.size} rows): gnn_dir must be a train_gnn output of this dataset")
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(AdaptUsersConfig, argv)
+    try:  # a bad row is reported with its file, row and field, not as a lookup error further on
+        validate_dataset(cfg.dataset)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
     write_resolved_config(cfg, cfg.output_dir)
     t0 = time.perf_counter()
     art = load_gnn_artifacts(cfg.gnn_dir, seed=cfg.seed)
+    check_responses_known(art, cfg.dataset, cfg.gnn_dir)
     users_t = read_table(cfg.dataset, "users")
     unseen = users_t.filter(pc.equal(users_t.column("split"), "unseen"))
     user_ids = unseen.column("user_id").combine_chunks()
@@ -131,11 +152,23 @@ def main(argv=None) -> dict:
             zero_copy_only=False).astype(np.int64), minlength=len(user_ids))
         metrics["curve_users_with_at_least_n"] = {str(n): int((have >= n).sum()) for n in cfg.given_counts}
         plot_curves(curves, Path(cfg.output_dir) / "curve.png")
+    reason = ("the dataset has no unseen users" if len(user_ids) == 0 else
+              "annotations/test_unseen holds no pairs" if report["n_pairs"] == 0 else None)
+    if reason:  # say why instead of a bare null (NaN) accuracy
+        metrics["unseen_accuracy"] = None
+        metrics["unseen_accuracy_reason"] = reason
+    elif report["in_graph"]["n_pairs"] == 0:
+        metrics["unseen_accuracy_in_graph"] = None
+        metrics["unseen_accuracy_in_graph_reason"] = (
+            "no test_unseen pair has both responses in the graph (no edge in annotations/train);"
+            " unseen_accuracy then scores responses the GNN never trained")
     if held is not None:
         metrics["unseen_fewshot_holdout_accuracy"] = accuracy_report(art, user_ids, res.embeddings, held)["accuracy"]
         metrics["unseen_fewshot_holdout_pairs"] = held.num_rows
     write_metrics(metrics, cfg.output_dir)
-    print(f"adapt_users: {len(user_ids)} unseen users, unseen_accuracy={metrics['unseen_accuracy']:.4f} "
+    acc = metrics["unseen_accuracy"]
+    print(f"adapt_users: {len(user_ids)} unseen users, unseen_accuracy="
+          f"{reason if reason else format(acc, '.4f')} "
           f"({metrics['resolution_counts']}) -> {cfg.output_dir}")
     return metrics
 

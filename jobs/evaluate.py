@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import read_table  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.eval import plots  # noqa: E402
 from copl_ray.eval.reward_metrics import accuracy_report, pair_correct, score_pairs  # noqa: E402
@@ -116,6 +116,10 @@ def _score_split(cfg, models, pairs: PairTable, max_length: int) -> tuple[np.nda
 def main(argv=None) -> dict:
     cfg = parse_job_args(EvaluateConfig, argv)
     t0 = time.perf_counter()
+    try:  # a bad row is reported with its file, row and field, not as a lookup error while scoring
+        validate_dataset(cfg.dataset)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
     train = _train_config(Path(cfg.reward_dir))
     max_length = cfg.max_length or train.max_length
     models = _models(cfg, train)
@@ -141,7 +145,7 @@ def main(argv=None) -> dict:
                              "reason": "w/o GNN learns embeddings of seen users only; unseen users have none"}
     else:
         unseen = load_pairs(cfg.dataset, "test_unseen", max_pairs=cfg.max_pairs, seed=cfg.seed)
-        ref_u = _concat(load_pairs(cfg.dataset, "fewshot"), load_pairs(cfg.dataset, "test_unseen"))
+        ref_u = _concat(load_pairs(cfg.dataset, "fewshot", allow_empty=True), load_pairs(cfg.dataset, "test_unseen"))
         u_correct, _, reason = _score_split(cfg, models, unseen, max_length)
         metrics["unseen"] = {"available": False, "reason": reason} if reason else \
             {"available": True, **accuracy_report(u_correct, unseen, ref_u)}
@@ -166,7 +170,11 @@ def _unseen_users(dataset) -> list[str]:
 
 def _plots(cfg: EvaluateConfig, models: dict, seen: PairTable, experts, out: Path) -> dict:
     written = {}
-    if None in models and not np.all(models[None].user_buffer.numpy() == 0):
+    n_users = len(models[None].user_buffer) if None in models else 0
+    if None in models and n_users < plots.TSNE_MIN_POINTS:
+        written["tsne_users_skipped"] = (f"{n_users} users with an embedding; t-SNE needs at least "
+                                         f"{plots.TSNE_MIN_POINTS}")
+    elif None in models and not np.all(models[None].user_buffer.numpy() == 0):
         model = models[None]
         users = read_table(cfg.dataset, "users")
         group_of = dict(zip(users.column("user_id").to_pylist(), users.column("group").to_pylist()))

@@ -15,6 +15,7 @@ driver can read (rank 0 exports the model there).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,10 +23,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
+from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.reward.train import TrainRewardConfig, train_loop_per_worker  # noqa: E402
 
 
@@ -46,7 +50,9 @@ def run_trainer(cfg: TrainRewardConfig, name: str) -> dict:
         train_loop_config={"job": cfg.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
-            name=name,
+            # A fresh name per run: Ray Train V2 resumes a finished run of the same name and
+            # storage, so a second job into this output_dir would export the old model untrained.
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=cfg.storage_path or str(out / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -59,9 +65,43 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def check_gnn_dir(cfg: TrainRewardConfig) -> None:
+    """copl / no_mole read every train user's embedding from gnn_dir: check on the driver that
+    they are all there, rather than fail inside each Ray Train worker attempt."""
+    if cfg.method not in ("copl", "no_mole"):
+        return
+    path = Path(cfg.gnn_dir) / "users.parquet"
+    try:
+        ids, _ = read_embeddings(path, "user_id")
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: gnn_dir: {exc}") from None
+    users = pc.unique(read_annotations(cfg.dataset, "train").column("user_id").combine_chunks())
+    missing = users.filter(pc.invert(pc.is_in(users, value_set=ids)))
+    if len(missing):
+        raise SystemExit(f"error: no embedding for seen user {missing[0].as_py()!r} ({len(missing)} train"
+                         f" users lack one) in {path}: gnn_dir must be a train_gnn output of this dataset")
+
+
+def group_folders(groups: list[str]) -> dict[str, str]:
+    """A distinct file-safe folder (and Ray run) name per group: the group itself when it is one,
+    else its safe spelling plus a hash of the group, so 'a b' and 'a_b', two non-ASCII names, ''
+    or '..' never share (or escape) a folder."""
+    out = {}
+    for g in groups:
+        name = _safe(g)
+        if name != g or not name.strip("."):
+            name = f"{name}-{hashlib.sha256(g.encode()).hexdigest()[:10]}"
+        out[g] = name
+    return out
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainRewardConfig, argv)
-    summary = validate_dataset(cfg.dataset)
+    try:  # one error line naming file, row and field, before any worker starts
+        summary = validate_dataset(cfg.dataset)
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    check_gnn_dir(cfg)
     t0 = time.perf_counter()
     metrics: dict = {"method": cfg.method, "n_seen_users": summary.n_seen_users,
                      "n_train_annotations": summary.n_annotations["train"]}
@@ -72,10 +112,10 @@ def main(argv=None) -> dict:
         if not groups:
             raise SystemExit(f"error: method=g_oracle needs true groups, but {cfg.dataset}/users.parquet has none")
         index = {}
-        for g in groups:
-            sub = cfg.model_copy(update={"group": g, "output_dir": str(Path(cfg.output_dir) / "groups" / _safe(g))})
-            metrics[f"group/{g}"] = _brief(run_trainer(sub, name=f"train_reward_g_oracle_{_safe(g)}"))
-            index[g] = f"groups/{_safe(g)}"
+        for g, folder in group_folders(groups).items():
+            sub = cfg.model_copy(update={"group": g, "output_dir": str(Path(cfg.output_dir) / "groups" / folder)})
+            metrics[f"group/{g}"] = _brief(run_trainer(sub, name=f"train_reward_g_oracle_{folder}"))
+            index[g] = f"groups/{folder}"
         Path(cfg.output_dir, "g_oracle.json").write_text(json.dumps({"groups": index}))
     else:
         metrics.update(_brief(run_trainer(cfg, name=f"train_reward_{cfg.method}")))

@@ -92,3 +92,90 @@ def test_accuracy_report_counts_ties_half_and_in_graph_share():
     assert rep["accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert rep["by_group"] == {"g1": 0.75, "g2": 0.0}
     assert rep["in_graph"]["n_pairs"] == 3  # r7 has a negative edge, so it is in the graph
+
+
+@pytest.mark.parametrize("split, rows, message", [
+    ("fewshot", {"user_id": ["erin"], "chosen_id": ["r9"], "rejected_id": ["r1b"]},
+     "row 0: field 'chosen_id' names unknown response 'r9'"),
+    ("fewshot", {"user_id": ["alice"], "chosen_id": ["r1a"], "rejected_id": ["r1b"]},
+     "row 0: field 'user_id' 'alice' is a seen user"),
+    ("test_unseen", {"user_id": ["erin"], "chosen_id": ["r1a"], "rejected_id": ["nope"]},
+     "row 0: field 'rejected_id' names unknown response 'nope'"),
+    ("test_unseen", {"user_id": ["zed"], "chosen_id": ["r1a"], "rejected_id": ["r1b"]},
+     "row 0: field 'user_id' 'zed' names an unknown user"),
+])
+def test_bad_unseen_rows_name_their_file(tiny_dataset, tmp_path, split, rows, message):
+    """A bad row in a second shard: the error names that shard and the row within it (not the row
+    of all shards concatenated), and is a one-line error, not a KeyError traceback."""
+    import pyarrow as pa
+
+    from copl_ray.data import append_annotations
+    from jobs.adapt_users import main
+
+    gnn = _gnn_dir_for(tiny_dataset, tmp_path / "gnn")
+    path = append_annotations(tiny_dataset, split, pa.table({"prompt_id": ["p1"], **rows}))
+    with pytest.raises(SystemExit) as err:
+        main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false"])
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_no_unseen_users_says_why_accuracy_is_missing(tmp_path):
+    """A dataset without unseen users is valid (fewshot/test_unseen are then optional): the job
+    writes an empty users.parquet and says why there is no accuracy instead of a bare null."""
+    import pyarrow.compute as pc
+
+    from copl_ray.data import write_dataset
+    from jobs.adapt_users import main
+    from tests.tiny_data import tiny_tables
+
+    t = tiny_tables()
+    users = t["users"].filter(pc.equal(t["users"].column("split"), "seen"))
+    root = write_dataset(tmp_path / "d", t["prompts"], t["responses"], users,
+                         {k: t["annotations"][k] for k in ("train", "test")})
+    gnn = _gnn_dir_for(root, tmp_path / "gnn")
+    m = main([f"dataset={root}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "given_counts=[1]"])
+    assert m["n_unseen_users"] == 0 and m["unseen_accuracy"] is None
+    assert "no unseen users" in m["unseen_accuracy_reason"]
+    on_disk = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert on_disk["unseen_accuracy"] is None and on_disk["unseen_accuracy_reason"]
+    ids, emb = read_embeddings(tmp_path / "o" / "users.parquet")
+    assert len(ids) == 0 and emb.shape == (0, 4)
+
+
+def test_no_in_graph_test_pairs_says_why(tmp_path):
+    """make_synthetic's default test_unseen pairs lie on held-out prompts, whose responses have no
+    edge: the in-graph accuracy is then null with a reason, not a bare null."""
+    import pyarrow as pa
+
+    from copl_ray.data import write_dataset
+    from jobs.adapt_users import main
+    from tests.tiny_data import tiny_tables
+
+    t = tiny_tables()
+    responses = pa.concat_tables([t["responses"], pa.table({
+        "response_id": ["r3a", "r3b"], "prompt_id": ["p2", "p2"], "text": ["new", "newer"]})])
+    ann = dict(t["annotations"])
+    ann["test_unseen"] = pa.table({"user_id": ["erin", "frank"], "prompt_id": ["p2", "p2"],
+                                   "chosen_id": ["r3a", "r3b"], "rejected_id": ["r3b", "r3a"]})
+    root = write_dataset(tmp_path / "d", t["prompts"], responses, t["users"], ann)
+    gnn = _gnn_dir_for(root, tmp_path / "gnn")
+    m = main([f"dataset={root}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "given_counts=[1]",
+              "user_opt_steps=2"])
+    assert m["unseen_test_pairs"]["in_graph"] == 0 and m["unseen_accuracy_in_graph"] is None
+    assert "no edge" in m["unseen_accuracy_in_graph_reason"]
+    assert 0 <= m["unseen_accuracy"] <= 1
+
+
+def test_gnn_dir_of_another_dataset_is_named(tiny_dataset, tmp_path):
+    """A gnn_dir trained on another dataset: one error line naming the gnn_dir and the shard and
+    row whose response it lacks (was: a row number into the concatenated shards, or a KeyError)."""
+    from copl_ray.data import annotation_files
+    from jobs.adapt_users import main
+    from tests.adapt_helpers import hand_artifacts
+
+    gnn = write_gnn_dir(hand_artifacts(), tmp_path / "other-gnn")
+    with pytest.raises(SystemExit) as err:
+        main([f"dataset={tiny_dataset}", f"gnn_dir={gnn}", f"output_dir={tmp_path / 'o'}", "compare=false"])
+    msg = str(err.value)
+    assert str(gnn) in msg and str(annotation_files(tiny_dataset, "fewshot")[0]) in msg
+    assert "row 0: field 'chosen_id'" in msg and "'r0a'" in msg

@@ -90,3 +90,13 @@ def test_resolved_config_round_trips_and_metrics_are_json(tmp_path):
     write_metrics({"acc": np.float32(0.5), "nested": {"nan": float("nan")}, "n": np.int64(3)}, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics == {"acc": 0.5, "nested": {"nan": None}, "n": 3}
+
+
+@pytest.mark.parametrize("text", ["2024", "1e3", "007", "yes", "no", "null", "~", "[a]", "true"])
+def test_string_keys_take_the_text_as_written(text):
+    """A directory may be named 2024, 1e3 or yes: a string field gets the override's text, not
+    the number or boolean YAML would make of it."""
+    cfg = load_config(ToyConfig, None, [f"dataset={text}", f"output_dir=runs/{text}"])
+    assert cfg.dataset == text and cfg.output_dir == f"runs/{text}"
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(ToyConfig, None, ["dataset=2024", "epochs=many"])

@@ -133,8 +133,8 @@ def test_empty_and_missing_splits(tiny_dataset):
         validate_dataset(tiny_dataset)
     write = tiny_tables()
     write_dataset(tiny_dataset, write["prompts"], write["responses"], write["users"], write["annotations"])
-    shutil.rmtree(tiny_dataset / "annotations" / "fewshot")
-    with pytest.raises(DatasetError, match=r"split 'fewshot' is empty or missing"):
+    shutil.rmtree(tiny_dataset / "annotations" / "test_unseen")
+    with pytest.raises(DatasetError, match=r"split 'test_unseen' is empty or missing"):
         validate_dataset(tiny_dataset)
 
 
@@ -163,3 +163,60 @@ def test_extra_columns_are_allowed(tmp_path):
     write_dataset(tmp_path, t["prompts"], responses, t["users"], t["annotations"])
     validate_dataset(tmp_path)
     assert "score_length" in read_table(tmp_path, "responses").column_names
+
+
+def test_dictionary_encoded_string_columns_are_strings(tmp_path):
+    """pandas categoricals and dictionary pages store ids as dictionary<string>: valid strings."""
+    t = tiny_tables()
+    write_dataset(tmp_path, t["prompts"], t["responses"], t["users"], t["annotations"])
+    for path in annotation_files(tmp_path, "train") + [tmp_path / "users.parquet"]:
+        table = pq.read_table(path)
+        pq.write_table(pa.table({c: table.column(c).dictionary_encode() for c in table.column_names}), path)
+    assert validate_dataset(tmp_path).n_annotations["train"] == 8
+    train = read_annotations(tmp_path, "train")
+    assert train.schema.field("user_id").type == pa.string()
+    assert train.column("user_id").to_pylist()[:2] == ["alice", "alice"]
+
+
+def test_absent_nullable_columns_read_as_null(tmp_path):
+    """``kind`` and ``group`` are nullable: a file without them is valid and reads as all null."""
+    t = tiny_tables()
+    write_dataset(tmp_path, t["prompts"], t["responses"], t["users"].drop_columns(["group"]),
+                  t["annotations"], rows_per_shard=5)
+    first = annotation_files(tmp_path, "train")[0]
+    pq.write_table(pq.read_table(first).drop_columns(["kind"]), first)
+    users = pq.read_table(tmp_path / "users.parquet").drop_columns(["group"])
+    pq.write_table(users, tmp_path / "users.parquet")
+    assert validate_dataset(tmp_path).n_annotations["train"] == 8
+    kinds = read_annotations(tmp_path, "train").column("kind").to_pylist()
+    assert kinds == [None] * 5 + ["controversial"] * 3
+    assert read_table(tmp_path, "users").column("group").null_count == 6
+    pq.write_table(pq.read_table(first).drop_columns(["chosen_id"]), first)
+    with pytest.raises(DatasetError, match=r"missing column 'chosen_id'"):
+        validate_dataset(tmp_path)
+
+
+def test_fewshot_is_optional_cold_start(tiny_dataset):
+    """Unseen users may give no onboarding annotation at all (cold start: adaptation falls back to
+    the population mean), so ``fewshot`` may be missing; ``test_unseen`` is still required."""
+    shutil.rmtree(tiny_dataset / "annotations" / "fewshot")
+    assert validate_dataset(tiny_dataset).n_annotations["fewshot"] == 0
+    shutil.rmtree(tiny_dataset / "annotations" / "test_unseen")
+    with pytest.raises(DatasetError, match=r"split 'test_unseen' is empty or missing"):
+        validate_dataset(tiny_dataset)
+
+
+def test_split_written_as_one_file_or_nested_gets_a_hint(tiny_dataset):
+    """annotations/train.parquet (a file, not the contract's folder) or shards one folder too deep:
+    the error says where the data is and what the layout wants, not just 'missing'."""
+    folder = tiny_dataset / "annotations" / "test"
+    (path,) = annotation_files(tiny_dataset, "test")
+    nested = folder / "date=2024" / "part-0.parquet"
+    nested.parent.mkdir()
+    path.rename(nested)
+    with pytest.raises(DatasetError, match=r"test: split 'test' is empty or missing.*date=2024/part-0.parquet"):
+        validate_dataset(tiny_dataset)
+    nested.rename(tiny_dataset / "annotations" / "test.parquet")
+    shutil.rmtree(folder)
+    with pytest.raises(DatasetError, match=r"is empty or missing.*annotations/test.parquet.*folder"):
+        validate_dataset(tiny_dataset)

@@ -121,3 +121,12 @@ def test_job_rejects_a_broken_dataset_naming_the_file(tiny_dataset, tmp_path):
     job = load_job("dataset_stats")
     with pytest.raises(SystemExit, match=r"append-.*\.parquet: row 0: field 'user_id' 'mallory' names an unknown user"):
         job.main([f"dataset={tiny_dataset}", f"output_dir={tmp_path / 'o'}"])
+
+
+def test_undefined_divergence_says_why():
+    """Every pair labelled by one user only (e.g. a survey larger than users x annotations): the
+    divergence and MV-ACC figures are undefined; the metrics say why next to the nulls."""
+    m, per_user = divergence_stats(triples([(0, 0, 1), (1, 2, 3), (2, 4, 5)], 3, 6))
+    assert m["n_pairs_multi_user"] == 0 and np.isnan(m["divergence_rate"]) and np.isnan(m["mv_acc_mean"])
+    assert "labelled by two or more users" in m["undefined_reason"]
+    assert "undefined_reason" not in divergence_stats(triples(DIV_ROWS, 5, 6))[0]

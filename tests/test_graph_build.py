@@ -142,3 +142,76 @@ def test_unknown_response_and_missing_column(ray_session, tiny_dataset):
     pq.write_table(pa.table({"user_id": ["bob"], "chosen_id": ["r1a"]}), bad)
     with pytest.raises(DatasetError, match=r"zz-bad.parquet: missing column 'rejected_id'"):
         build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_dictionary_encoded_ids_build_the_same_graph(ray_session, tiny_dataset):
+    plain = build_graph(tiny_dataset)
+    for path in annotation_files(tiny_dataset, "train"):
+        table = pq.read_table(path)
+        pq.write_table(pa.table({c: table.column(c).dictionary_encode() for c in table.column_names}), path)
+    encoded = build_graph(tiny_dataset)
+    for name in ("pos_user", "pos_response", "neg_user", "neg_response"):
+        assert torch.equal(getattr(plain.graph, name), getattr(encoded.graph, name))
+    append_annotations(tiny_dataset, "train", pa.table({
+        "user_id": ["bob"], "prompt_id": ["p1"], "chosen_id": ["r1a"], "rejected_id": ["r1a"]}))
+    with pytest.raises(DatasetError, match=r"row 0: fields 'chosen_id' and 'rejected_id' are the same"):
+        build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_shard_without_kind_reads_unknown_kinds(ray_session, tmp_path):
+    t = tiny_tables()
+    root = tmp_path / "d"
+    write_dataset(root, t["prompts"], t["responses"], t["users"].drop_columns(["group"]), t["annotations"],
+                  rows_per_shard=5)
+    first = annotation_files(root, "train")[0]
+    pq.write_table(pq.read_table(first).drop_columns(["kind"]), first)
+    pq.write_table(pq.read_table(root / "users.parquet").drop_columns(["group"]), root / "users.parquet")
+    user_map, response_map, groups = build_id_maps(root)
+    assert list(groups) == [None] * 4
+    triples = index_annotations(root, "train", user_map, response_map, with_kind=True)
+    assert sorted(triples.kind.tolist()) == [-1] * 5 + [1] * 3
+    assert build_graph(root, holdout_fraction=0.25).stats["n_train_annotations"] == 6
+
+
+@pytest.mark.parametrize("table, column", [("users", "user_id"), ("responses", "response_id")])
+def test_duplicate_ids_name_file_and_row(tiny_dataset, table, column):
+    path = tiny_dataset / f"{table}.parquet"
+    t = pq.read_table(path)
+    pq.write_table(pa.concat_tables([t, t.slice(1, 1)]), path)
+    with pytest.raises(DatasetError, match=rf"{table}.parquet: row {t.num_rows}: field '{column}' value .* is not unique"):
+        build_id_maps(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_empty_train_split_is_named(ray_session, tiny_dataset):
+    """No train rows means no graph to learn from: say so naming the split, before training."""
+    for path in annotation_files(tiny_dataset, "train"):
+        pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(DatasetError, match=r"annotations/train: split 'train' has no annotations"):
+        build_graph(tiny_dataset)
+
+
+@pytest.mark.integration
+def test_kind_outside_the_contract_names_file_and_row(ray_session, tiny_dataset):
+    """'Common' is not a kind: it was silently scored as 'unknown' in train_gnn's by-kind metrics."""
+    user_map, response_map, _ = build_id_maps(tiny_dataset)
+    path = append_annotations(tiny_dataset, "test", pa.table({
+        "user_id": ["bob", "dave"], "prompt_id": ["p1", "p0"], "chosen_id": ["r1a", "r0b"],
+        "rejected_id": ["r1b", "r0a"], "kind": [None, "Common"]}))
+    with pytest.raises(DatasetError, match=r"row 1: field 'kind' is 'Common', expected one of") as err:
+        index_annotations(tiny_dataset, "test", user_map, response_map, with_kind=True)
+    assert str(path) in str(err.value)
+    assert len(index_annotations(tiny_dataset, "test", user_map, response_map)) == 4  # kinds not read
+
+
+def test_bad_user_split_names_users_file(tiny_dataset):
+    """split 'Seen' is a users.parquet error; it was reported as an unknown seen user in train."""
+    path = tiny_dataset / "users.parquet"
+    t = pq.read_table(path)
+    split = t.column("split").to_pylist()
+    split[2] = "Seen"
+    pq.write_table(t.set_column(t.column_names.index("split"), "split", pa.array(split)), path)
+    with pytest.raises(DatasetError, match=r"users.parquet: row 2: field 'split' is 'Seen', expected one of"):
+        build_id_maps(tiny_dataset)

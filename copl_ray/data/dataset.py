@@ -141,17 +141,46 @@ def annotation_files(root: str | os.PathLike, split: str) -> list[Path]:
     return sorted(files, key=lambda p: (p.name.startswith("append-"), p.name))
 
 
+def missing_split_hint(root: str | os.PathLike, split: str) -> str:
+    """Where a split's data sits when ``annotations/<split>/`` holds no shard directly (a single
+    ``annotations/<split>.parquet`` file, or shards in sub-folders); "" when nowhere."""
+    annotations = Path(root) / "annotations"
+    if (annotations / f"{split}.parquet").is_file():
+        found = annotations / f"{split}.parquet"
+    else:
+        nested = sorted((annotations / split).glob("*/**/*.parquet")) if (annotations / split).is_dir() else []
+        if not nested:
+            return ""
+        found = nested[0]
+    return (f"; found {found}: a split is a folder of Parquet shards read without sub-folders"
+            f" ({annotations / split}/*.parquet)")
+
+
+def is_string_type(typ: pa.DataType) -> bool:
+    """String columns as writers store them: string, large_string, or dictionary-encoded strings
+    (pandas categoricals, Spark/Arrow dictionary pages); all read as plain strings."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+
+
 def _check_columns(table: pa.Table, contract: pa.Schema, path: Path) -> pa.Table:
-    """Check that the contract columns exist with string type and no stray nulls."""
+    """Check that the contract columns exist with string type and no stray nulls.
+
+    A nullable column (``group``, ``kind``) that a file leaves out reads as all null, the way
+    `write_dataset` writes it."""
     for f in contract:
         if f.name not in table.column_names:
+            if f.name in schema.NULLABLE:
+                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+                continue
             raise DatasetError(
                 f"{path}: missing column {f.name!r} (has {table.column_names})"
             )
         col = table.column(f.name)
         if col.type == pa.null() and f.name in schema.NULLABLE:
             continue
-        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        if not is_string_type(col.type):
             raise DatasetError(
                 f"{path}: column {f.name!r} has type {col.type}, expected {f.type}"
             )
@@ -225,7 +254,7 @@ def _first_violation(mask: np.ndarray) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-def _check_unique(table: pa.Table, column: str, path: Path) -> None:
+def check_unique(table: pa.Table, column: str, path: Path) -> None:
     values = table.column(column).to_numpy(zero_copy_only=False)
     order = np.argsort(values, kind="stable")
     repeats = order[1:][values[order[1:]] == values[order[:-1]]]
@@ -254,7 +283,7 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     prompts; users' ``split`` is seen/unseen; annotations name known users, prompts and
     responses; chosen != rejected; ``kind`` is common/controversial/null; train/test hold only
     seen users and fewshot/test_unseen only unseen users; train and test are non-empty, and so
-    are fewshot and test_unseen when unseen users exist.
+    is test_unseen when unseen users exist (fewshot may be empty: cold-start users).
     """
     root = Path(root)
     if not root.is_dir():
@@ -262,9 +291,9 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     prompts = read_table(root, "prompts")
     responses = read_table(root, "responses")
     users = read_table(root, "users")
-    _check_unique(prompts, "prompt_id", root / "prompts.parquet")
-    _check_unique(responses, "response_id", root / "responses.parquet")
-    _check_unique(users, "user_id", root / "users.parquet")
+    check_unique(prompts, "prompt_id", root / "prompts.parquet")
+    check_unique(responses, "response_id", root / "responses.parquet")
+    check_unique(users, "user_id", root / "users.parquet")
     _check_refs(
         responses.column("prompt_id"), prompts.column("prompt_id").combine_chunks(),
         root / "responses.parquet", "prompt_id", "prompt",
@@ -285,7 +314,9 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
     counts = {}
     for split in ANNOTATION_SPLITS:
         files = annotation_files(root, split)
-        required = split in SEEN_SPLITS or len(unseen) > 0
+        # fewshot may be empty: an unseen user may give no onboarding annotation (cold start,
+        # adapted to the population mean), and all of them may.
+        required = split in SEEN_SPLITS or (split == "test_unseen" and len(unseen) > 0)
         n_split = 0
         for path in files:
             table = read_annotation_file(path)
@@ -324,7 +355,8 @@ def validate_dataset(root: str | os.PathLike) -> DatasetSummary:
                 )
         if required and n_split == 0:
             where = root / "annotations" / split
-            raise DatasetError(f"{where}: split {split!r} is empty or missing")
+            raise DatasetError(f"{where}: split {split!r} is empty or missing"
+                               + missing_split_hint(root, split))
         counts[split] = n_split
     return DatasetSummary(
         n_prompts=prompts.num_rows,

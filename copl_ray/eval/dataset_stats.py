@@ -128,6 +128,9 @@ def divergence_stats(t: Triples, high: float = HIGH_DIVERGENCE) -> tuple[dict, d
         "divergence_rate": float((minority[multi] > 0).mean()) if multi.any() else float("nan"),
         "high_divergence_share": float((minority[multi] >= high * n[multi]).mean()) if multi.any() else float("nan"),
     }
+    if not multi.any():  # the NaN figures below need pairs that several users labelled
+        m["undefined_reason"] = ("no pair was labelled by two or more users: divergence, MV-ACC,"
+                                 " minority users and room for personalization are undefined")
     sel = multi[pair]
     u, p, fw = user[sel], pair[sel], first_wins[sel]
 

@@ -16,6 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+TSNE_MIN_POINTS = 5
+
+
 def _groups(groups) -> np.ndarray:
     return np.asarray(["(none)" if g is None else str(g) for g in groups], dtype=object)
 
@@ -36,8 +39,8 @@ def tsne_by_group(
     groups = _groups(groups)
     if emb.ndim != 2 or len(emb) != len(groups):
         raise ValueError(f"emb must be [N, d] with N = len(groups) = {len(groups)}, got {emb.shape}")
-    if len(emb) < 5:
-        raise ValueError(f"t-SNE needs at least 5 points, got {len(emb)}")
+    if len(emb) < TSNE_MIN_POINTS:
+        raise ValueError(f"t-SNE needs at least {TSNE_MIN_POINTS} points, got {len(emb)}")
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(emb), size=min(max_points, len(emb)), replace=False))
     xy = TSNE(n_components=2, perplexity=min(30.0, (len(idx) - 1) / 3), random_state=seed,

@@ -30,7 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from copl_ray.data.dataset import DatasetError, annotation_files, read_table
+from copl_ray.data.dataset import (DatasetError, annotation_files, check_unique, is_string_type,
+                                   missing_split_hint, read_table)
+from copl_ray.data.schema import USER_SPLITS
 from copl_ray.graph.id_map import IdMap
 from copl_ray.graph.signed_graph import SignedGraph
 
@@ -79,10 +81,18 @@ class BuiltGraph:
 def build_id_maps(dataset: str | os.PathLike) -> tuple[IdMap, IdMap, np.ndarray]:
     """(seen-user IdMap, response IdMap, group [n_users] of each seen user) in file order."""
     users = read_table(dataset, "users")
+    split = users.column("split").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isin(split, USER_SPLITS))
+    if bad.size:  # else its annotations would read as naming an unknown seen user
+        raise DatasetError(f"{Path(dataset) / 'users.parquet'}: row {int(bad[0])}: field 'split' is"
+                           f" {split[bad[0]]!r}, expected one of {USER_SPLITS}")
     seen = users.filter(pc.equal(users.column("split"), "seen"))
     if seen.num_rows == 0:
         raise DatasetError(f"{Path(dataset) / 'users.parquet'}: no row has split == 'seen'")
     responses = read_table(dataset, "responses")
+    # Before IdMap, whose own check cannot say which file and row repeat an id.
+    check_unique(users, "user_id", Path(dataset) / "users.parquet")
+    check_unique(responses, "response_id", Path(dataset) / "responses.parquet")
     user_map = IdMap(seen.column("user_id").combine_chunks())
     response_map = IdMap(responses.column("response_id").combine_chunks())
     groups = np.asarray(seen.column("group").to_pylist(), dtype=object)
@@ -97,11 +107,12 @@ def _check_shard_schemas(files: list[Path], columns: list[str]) -> None:
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise DatasetError(f"{path}: not a readable Parquet file: {exc}") from exc
         for name in columns:
+            if name == "kind" and name not in sch.names:
+                continue  # nullable: a shard without it reads as unknown kinds
             if name not in sch.names:
                 raise DatasetError(f"{path}: missing column {name!r} (has {sch.names})")
             typ = sch.field(name).type
-            if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)
-                    or (name == "kind" and pa.types.is_null(typ))):
+            if not (is_string_type(typ) or (name == "kind" and pa.types.is_null(typ))):
                 raise DatasetError(f"{path}: column {name!r} has type {typ}, expected string")
 
 
@@ -123,14 +134,25 @@ def _index_batch(batch: pa.Table, users: pa.Array, responses: pa.Array, with_kin
     if with_kind:
         kind = batch.column("kind").cast(pa.string())
         code = pc.index_in(kind, value_set=pa.array(KINDS))
-        out["kind"] = pc.cast(pc.fill_null(code, -1), pa.int8())
+        # -1: null (unknown kind); -2: a value outside KINDS, reported by the driver.
+        invalid = pc.and_(pc.is_null(code), pc.is_valid(kind))
+        out["kind"] = pc.cast(pc.if_else(invalid, -2, pc.fill_null(code, -1)), pa.int8())
     return pa.table(out)
 
 
-def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap) -> None:
+def _locate_bad_row(files: list[Path], user_map: IdMap, response_map: IdMap, with_kind: bool = False) -> None:
     """Driver-side, error path only: find the first bad row file by file and raise naming it."""
     for path in files:
+        if with_kind and "kind" in pq.read_schema(path).names:
+            kind = pq.read_table(path, columns=["kind"]).column("kind").cast(pa.string())
+            invalid = pc.and_kleene(pc.invert(pc.is_in(kind, value_set=pa.array(KINDS))), pc.is_valid(kind))
+            invalid = invalid.to_numpy(zero_copy_only=False)
+            if invalid.any():
+                row = int(np.flatnonzero(invalid)[0])
+                raise DatasetError(f"{path}: row {row}: field 'kind' is {kind[row].as_py()!r},"
+                                   f" expected one of {KINDS} or null")
         table = pq.read_table(path, columns=["user_id", "chosen_id", "rejected_id"])
+        table = table.cast(pa.schema([(name, pa.string()) for name in table.column_names]))
         for col, ids, what in (("user_id", user_map.ids, "seen user"),
                                ("chosen_id", response_map.ids, "response"),
                                ("rejected_id", response_map.ids, "response")):
@@ -212,10 +234,14 @@ def index_annotations(
 
     files = annotation_files(dataset, split)
     if not files:
-        raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no Parquet shards")
+        raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no Parquet shards"
+                           + missing_split_hint(dataset, split))
     columns = ["user_id", "chosen_id", "rejected_id"] + (["kind"] if with_kind else [])
     _check_shard_schemas(files, columns)
-    ds = ray.data.read_parquet([str(p) for p in files], columns=columns)
+    # A pinned schema: shards may store ids as string, large_string or dictionary (checked above);
+    # without it Ray Data refuses to unify shards whose types differ.
+    ds = ray.data.read_parquet([str(p) for p in files], columns=columns,
+                               schema=pa.schema([(name, pa.string()) for name in columns]))
     ds = ds.map_batches(
         _index_batch,
         batch_format="pyarrow",
@@ -231,8 +257,10 @@ def index_annotations(
     if with_kind and table is None:
         cols["kind"] = cols["kind"].astype(np.int8)
     bad = (cols["user"] < 0) | (cols["chosen"] < 0) | (cols["rejected"] < 0) | (cols["chosen"] == cols["rejected"])
+    if with_kind:
+        bad |= cols["kind"] == -2
     if bad.any():
-        _locate_bad_row(files, user_map, response_map)
+        _locate_bad_row(files, user_map, response_map, with_kind)
     cols = _canonical_order(cols, names, len(user_map), len(response_map))
     return Triples(cols["user"], cols["chosen"], cols["rejected"], cols.get("kind"))
 
@@ -263,6 +291,9 @@ def build_graph(dataset: str | os.PathLike, holdout_fraction: float = 0.0, seed:
     user_map, response_map, groups = build_id_maps(dataset)
     t1 = time.perf_counter()
     train = index_annotations(dataset, "train", user_map, response_map, with_kind=holdout_fraction > 0)
+    if len(train) == 0:  # shards exist but hold no row: nothing to train on
+        raise DatasetError(f"{Path(dataset) / 'annotations' / 'train'}: split 'train' has no annotations;"
+                           " the graph is built from them")
     holdout = None
     if holdout_fraction > 0:
         train, holdout = split_holdout(train, holdout_fraction, seed)

@@ -61,19 +61,22 @@ def load_pairs(
     users: Sequence[str] | None = None,
     max_pairs: int | None = None,
     seed: int = 0,
+    allow_empty: bool = False,
 ) -> PairTable:
     """Read one annotation split, optionally restricted to ``users`` and subsampled.
 
     Args:
         users: keep only these user ids (e.g. one true group for G-Oracle).
         max_pairs: keep a uniform random subset of this many pairs (seeded), order preserved.
+        allow_empty: return an empty table for an empty split (e.g. ``fewshot`` of cold-start
+            users) instead of raising.
     Raises:
         DatasetError: the split is empty (after filtering), naming the dataset and split.
     """
     table = read_annotations(dataset, split)
     if users is not None:
         table = table.filter(pc.is_in(table.column("user_id"), value_set=pa.array(list(users), pa.string())))
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not allow_empty:
         raise DatasetError(f"{Path(dataset) / 'annotations' / split}: no annotations to use"
                            + (" for the requested users" if users is not None else ""))
     n = table.num_rows
