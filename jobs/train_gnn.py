@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+from copl_ray.data.dataset import DatasetError, validate_dataset  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.export import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
@@ -38,9 +39,18 @@ def _init_ray():
     return ray
 
 
-def _accuracy_metrics(prefix: str, acc: dict) -> dict:
-    """Flatten one `gnn_accuracy` result under ``prefix`` (e.g. gnn_test_accuracy_by_kind)."""
+def _accuracy_metrics(prefix: str, acc: dict, split: str) -> dict:
+    """Flatten one `gnn_accuracy` result under ``prefix`` (e.g. gnn_test_accuracy_by_kind); when
+    no pair could be scored, ``<prefix>_accuracy_reason`` says why (``split`` names the pairs)."""
+    reason = {}
+    if acc["n_pairs"] == 0:
+        reason[f"{prefix}_accuracy_reason"] = (
+            f"{split} has no pair" if acc["n_pairs_total"] == 0 else
+            f"none of the {acc['n_pairs_total']} {split} pairs has both responses in the training graph"
+            " (a response no train annotation names has no trained embedding; make_synthetic's default"
+            " test split lies on held-out prompts: test_pool=survey or holdout_fraction>0 scores the GNN)")
     return {
+        **reason,
         f"{prefix}_accuracy": acc["accuracy"],
         f"{prefix}_accuracy_by_kind": {k: v["accuracy"] for k, v in acc.get("by_kind", {}).items()},
         f"{prefix}_accuracy_by_group": {k: v["accuracy"] for k, v in acc.get("by_group", {}).items()},
@@ -53,14 +63,22 @@ def _accuracy_metrics(prefix: str, acc: dict) -> dict:
 
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainGNNConfig, argv)
-    ray = _init_ray()
     write_resolved_config(cfg, cfg.output_dir)
 
-    # 1. Graph from annotations/train (Ray Data), test pairs the same way.
-    built = build_graph(cfg.dataset, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
-    t0 = time.perf_counter()
-    test = index_annotations(cfg.dataset, "test", built.user_map, built.response_map, with_kind=True)
-    seconds_read_test = time.perf_counter() - t0
+    # 1. Graph from annotations/train (Ray Data), test pairs the same way. Bad input is one line
+    # naming the file, row and field (CONTRACT 1), not a traceback; checked before Ray starts.
+    try:
+        t0 = time.perf_counter()
+        if cfg.validate_input:
+            validate_dataset(cfg.dataset)
+        seconds_validate = time.perf_counter() - t0
+        ray = _init_ray()
+        built = build_graph(cfg.dataset, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
+        t0 = time.perf_counter()
+        test = index_annotations(cfg.dataset, "test", built.user_map, built.response_map, with_kind=True)
+        seconds_read_test = time.perf_counter() - t0
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
     g = built.graph
     response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
 
@@ -82,12 +100,12 @@ def main(argv=None) -> dict:
     model, e_user, e_resp = load_trained_model(cfg, result.checkpoint, g)
     acc = gnn_accuracy(e_user, e_resp, test.user, test.chosen, test.rejected, response_in_graph,
                        kind=test.kind, user_group=built.user_group)
-    metrics = _accuracy_metrics("gnn_test", acc)
+    metrics = _accuracy_metrics("gnn_test", acc, "annotations/test")
     if built.holdout is not None:
         h = built.holdout
         metrics.update(_accuracy_metrics("gnn_holdout", gnn_accuracy(
             e_user, e_resp, h.user, h.chosen, h.rejected, response_in_graph, kind=h.kind,
-            user_group=built.user_group)))
+            user_group=built.user_group), "holdout"))
     export_gnn_dir(cfg.output_dir, g, built.user_map, built.response_map, e_user, e_resp, model,
                    embedding_meta={"model": cfg.model})
     history = state["history"]
@@ -105,7 +123,7 @@ def main(argv=None) -> dict:
         "resumed_from_epoch": state["restored_from_epoch"],
         "stopped_early": state["stopped_early"],
         "num_workers": cfg.num_workers,
-        "graph": {**built.stats, "seconds_read_test": seconds_read_test},
+        "graph": {**built.stats, "seconds_read_test": seconds_read_test, "seconds_validate": seconds_validate},
         "seconds_fit": seconds_fit,
     })
     write_metrics(metrics, cfg.output_dir)

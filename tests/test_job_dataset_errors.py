@@ -13,6 +13,7 @@ from tests.job_loader import load_job
 @pytest.mark.parametrize("job, keys", [
     ("evaluate", ["reward_dir={o}/missing-reward", "gnn_dir={o}/missing-gnn"]),
     ("train_reward", ["gnn_dir={o}/missing-gnn"]),
+    ("train_gnn", []),
 ])
 def test_bad_test_row_names_file_row_and_field(tiny_dataset, tmp_path, job, keys):
     path = append_annotations(tiny_dataset, "test", pa.table({
@@ -106,3 +107,14 @@ def test_train_reward_rerun_into_same_output_dir_trains_afresh(ray_session, tiny
     first = load_job("train_reward").main([*args, "seed=1"])
     second = load_job("train_reward").main([*args, "seed=2"])
     assert first["resumed"] is False and second["resumed"] is False and second["steps"] == 2
+
+
+def test_train_gnn_rejects_an_unknown_prompt_before_training(tiny_dataset, tmp_path):
+    """The graph build reads only ids of users and responses; the full check also catches a test
+    row whose prompt_id names no prompt, before Ray starts."""
+    path = append_annotations(tiny_dataset, "test", pa.table({
+        "user_id": ["bob"], "prompt_id": ["nope"], "chosen_id": ["r1a"], "rejected_id": ["r1b"]}))
+    with pytest.raises(SystemExit) as err:
+        load_job("train_gnn").main([f"dataset={tiny_dataset}", f"output_dir={tmp_path / 'out'}"])
+    msg = str(err.value)
+    assert msg.startswith("error: ") and str(path) in msg and "prompt_id" in msg

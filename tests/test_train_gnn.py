@@ -83,6 +83,21 @@ def test_id_l2_is_the_batch_mean_of_its_rows_squared_norms(kind):
         assert torch.allclose(g[0], 2 * 2 * w[0] / 3) and torch.allclose(g[3], 2 * w[3] / 3)
 
 
+def test_unscorable_accuracy_comes_with_a_reason():
+    job = load_job("train_gnn")
+    e_user, e_resp = torch.ones(2, 3), torch.ones(4, 3)
+    in_graph = np.array([True, True, False, False])
+    none_in_graph = gnn_accuracy(e_user, e_resp, np.array([0, 1]), np.array([2, 3]), np.array([3, 2]), in_graph)
+    m = job._accuracy_metrics("gnn_test", none_in_graph, "annotations/test")
+    assert m["gnn_test_accuracy"] is None or math.isnan(m["gnn_test_accuracy"])
+    assert "none of the 2 annotations/test pairs" in m["gnn_test_accuracy_reason"]
+    empty = gnn_accuracy(e_user, e_resp, np.zeros(0, int), np.zeros(0, int), np.zeros(0, int), in_graph)
+    assert job._accuracy_metrics("gnn_test", empty, "annotations/test")["gnn_test_accuracy_reason"] == \
+        "annotations/test has no pair"
+    scored = gnn_accuracy(e_user, e_resp, np.array([0]), np.array([0]), np.array([1]), in_graph)
+    assert "gnn_test_accuracy_reason" not in job._accuracy_metrics("gnn_test", scored, "annotations/test")
+
+
 def test_accuracy_counts_in_graph_pairs_ties_half_and_splits():
     e_user = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     e_resp = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0], [5.0, 5.0]])

@@ -113,6 +113,9 @@ class TrainGNNConfig(JobConfig):
     max_failures: int = Field(1, ge=0)
     storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
     seed: int = 0
+    validate_input: bool = Field(True, description=(
+        "check the whole dataset first (copl_ray.data.dataset.validate_dataset: every split's columns"
+        " and ids, named by file and row); 0.7 s at 10k users. The graph build checks train ids anyway"))
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description=(
         "share of annotations/train kept out of the graph and scored as gnn_holdout_accuracy"
         " (paper Table 6: pairs not reflected in the graph); the per-epoch accuracy uses it"))
