@@ -10,6 +10,9 @@
     propagation for every batch of ``batch_size`` pairs), same model, data, workers and schedule;
     accuracy is checked every ``eval_every_steps`` steps and evaluation time is not counted. The
     ratio full/sampled is the speed-up.
+    ``speed_scaling_n_users=[N1,N2]`` adds the per-step cost of both modes at other sizes
+    (``speed_scaling_steps`` steps each, no accuracy target): a full-graph step grows with the
+    graph, a sampled one with the batch's neighbourhood, so this shows where the ratio goes.
 (b) ``scale``: a ``scale_n_users`` UF-P-4 ALL dataset (16 annotations per user): graph build time
     (Ray Data read + index + SignedGraph), then ``scale_steps`` training steps with
     ``num_workers`` workers; seconds per step are extrapolated to one full epoch (labelled as
@@ -56,6 +59,9 @@ class BenchGNNConfig(JobConfig):
     eval_every_steps: int = Field(20, ge=1)
     max_epochs: int = Field(20, ge=1, description="give up after this many epochs")
     train_overrides: list[str] = Field(default_factory=list, description="extra train_gnn key=value")
+    speed_scaling_n_users: list[int] = Field(default_factory=list, description=(
+        "after (a): per-step cost of both modes on generated ufp4 ALL datasets of these sizes"))
+    speed_scaling_steps: int = Field(20, ge=2, description="steps timed per mode and size")
     # accuracy table (not part of "all": sixteen trainings)
     accuracy_datasets: list[str] = Field(default_factory=list, description="dataset folders")
     accuracy_models: list[str] = Field(default_factory=lambda: ["copl", "learnable", "uniform", "lore"])
@@ -125,6 +131,31 @@ def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
     return {"dataset": str(dataset), "runs": runs, "time_to_accuracy_ratio": ratio,
             "time_to_accuracy_ratio_cpu": cpu_ratio, "per_step_ratio": per_step,
             "target_accuracy": cfg.target_accuracy, "load_average": list(os.getloadavg())}
+
+
+def bench_speed_scaling(cfg: BenchGNNConfig, out: Path) -> dict:
+    """Per-step wall and CPU seconds of sampled vs full-graph training at each size."""
+    job = _train_job()
+    rows = {}
+    for n_users in cfg.speed_scaling_n_users:
+        dataset = _dataset(None, n_users, out)
+        row = {}
+        for mode in ("sampled", "full"):
+            m = job.main([f"dataset={dataset}", f"output_dir={out / f'scaling_{n_users}_{mode}'}", f"mode={mode}",
+                          f"num_workers={cfg.num_workers}", "epochs=1", f"max_steps_per_epoch={cfg.speed_scaling_steps}",
+                          "evaluate_each_epoch=false", "validate_input=false", *cfg.train_overrides])
+            cpu_per_rank = [sum(x) for x in zip(*m["epoch_cpu_seconds_per_rank"])]
+            row[mode] = {"seconds_per_step": m["train_seconds"] / max(1, m["steps"]),
+                         "cpu_seconds_per_step": max(cpu_per_rank) / max(1, m["steps"])}
+        row["ratio_wall"] = row["full"]["seconds_per_step"] / row["sampled"]["seconds_per_step"]
+        row["ratio_cpu"] = row["full"]["cpu_seconds_per_step"] / row["sampled"]["cpu_seconds_per_step"]
+        rows[n_users] = row
+        print(f"[speed-scaling] {n_users:>9,} users: sampled {1000 * row['sampled']['seconds_per_step']:.0f} ms/step"
+              f" ({1000 * row['sampled']['cpu_seconds_per_step']:.0f} ms CPU), full"
+              f" {1000 * row['full']['seconds_per_step']:.0f} ms/step ({1000 * row['full']['cpu_seconds_per_step']:.0f}"
+              f" ms CPU): full/sampled {row['ratio_wall']:.2f}x wall, {row['ratio_cpu']:.2f}x CPU"
+              f" ({cfg.speed_scaling_steps} steps each; load average {os.getloadavg()[0]:.1f})")
+    return rows
 
 
 def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
@@ -219,6 +250,8 @@ def main(argv=None) -> dict:
     metrics = {}
     if cfg.part in ("all", "speed"):
         metrics["speed"] = bench_speed(cfg, out)
+        if cfg.speed_scaling_n_users:
+            metrics["speed_scaling"] = bench_speed_scaling(cfg, out)
     if cfg.part in ("all", "scale"):
         metrics["scale"] = bench_scale(cfg, out)
     if cfg.part == "accuracy":

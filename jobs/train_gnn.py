@@ -120,6 +120,8 @@ def main(argv=None) -> dict:
         "evals": state["evals"],
         "steps": state["step"],
         "train_seconds": state["train_seconds"],
+        # each rank's process CPU seconds per epoch (not stretched by other load; includes evaluations)
+        "epoch_cpu_seconds_per_rank": [h.get("epoch_cpu_seconds_per_rank") for h in history],
         "resumed_from_epoch": state["restored_from_epoch"],
         "stopped_early": state["stopped_early"],
         "num_workers": cfg.num_workers,
