@@ -119,6 +119,11 @@ def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
               f"{'not reached' if seconds is None else f'{seconds:.1f} s{cpu} at step {step}'}; "
               f"{runs[mode]['seconds_per_step'] * 1000:.0f} ms/step; "
               f"final holdout acc {m['gnn_holdout_accuracy']:.4f}")
+    work = _edge_work(cfg, dataset)
+    print(f"[speed] work per worker step ({work['batch_pairs']} pairs, fan-outs {work['fanouts']}):"
+          f" {work['sampled_messages_median']:,} messages sampled vs {work['full_graph_messages']:,} full"
+          f" graph = {work['full_over_sampled_messages']:.2f}x, the bound on the per-step ratio when"
+          f" messages dominate; sampling {1000 * work['sample_cpu_s_median']:.0f} ms CPU per batch")
     s, f = runs["sampled"]["seconds_to_target"], runs["full"]["seconds_to_target"]
     ratio = f / s if s and f else None
     cs, cf = runs["sampled"]["cpu_seconds_to_target"], runs["full"]["cpu_seconds_to_target"]
@@ -128,9 +133,26 @@ def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
     print(f"[speed] time-to-accuracy ratio full/sampled = {fmt(ratio)} wall, {fmt(cpu_ratio)} CPU"
           f" (per-step ratio {per_step:.2f}x), {cfg.num_workers} workers, dataset {dataset}; load average"
           f" {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
-    return {"dataset": str(dataset), "runs": runs, "time_to_accuracy_ratio": ratio,
+    return {"dataset": str(dataset), "runs": runs, "edge_work": work, "time_to_accuracy_ratio": ratio,
             "time_to_accuracy_ratio_cpu": cpu_ratio, "per_step_ratio": per_step,
             "target_accuracy": cfg.target_accuracy, "load_average": list(os.getloadavg())}
+
+
+def _edge_work(cfg: BenchGNNConfig, dataset: Path) -> dict:
+    """Messages of a trimmed sampled forward per worker batch vs a full-graph forward (medians of
+    20 random batches of this worker's share of ``batch_size``), on the graph train_gnn builds."""
+    import numpy as np
+
+    from copl_ray.gnn.sampler_bench import benchmark_sampler
+    from copl_ray.gnn.train import TrainGNNConfig
+    from copl_ray.graph.build import build_graph
+
+    tcfg = parse_job_args(TrainGNNConfig, [f"dataset={dataset}", "output_dir=unused", *cfg.train_overrides])
+    built = build_graph(dataset, holdout_fraction=cfg.holdout_fraction, seed=tcfg.seed)
+    triples = np.stack([built.train.user, built.train.chosen, built.train.rejected], 1)
+    return benchmark_sampler(built.graph.n_users, fanouts=tuple(tcfg.fanouts), repeats=20,
+                             batch_pairs=-(-tcfg.batch_size // cfg.num_workers), graph=built.graph,
+                             triples=triples, seed=tcfg.seed)
 
 
 def bench_speed_scaling(cfg: BenchGNNConfig, out: Path) -> dict:

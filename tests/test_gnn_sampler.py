@@ -159,3 +159,21 @@ def test_rejection_offsets_distinct_and_uniform_and_both_paths_used_by_sample_cs
     assert set(pos[:3]) <= set(range(7, 37)) and len(set(pos[:3])) == 3
     assert pos[3:5].tolist() == [0, 1]
     assert set(pos[5:]) <= set(range(2, 7)) and len(set(pos[5:])) == 3
+
+
+def test_messages_per_layer_counts_the_trimmed_forward_exactly():
+    """With fan-outs above every degree the sampled subgraph is the exact 2-hop neighbourhood: the
+    last layer sends one message per edge of each seed, the first one per edge of every node within
+    one hop; a full-graph layer would send 2 * num_edges."""
+    from copl_ray.gnn.sampler_bench import messages_per_layer
+
+    g = _graph()
+    (du_pos, dr_pos), (du_neg, dr_neg) = g.degrees(True), g.degrees(False)
+    du, dr = (du_pos + du_neg).numpy(), (dr_pos + dr_neg).numpy()
+    su, sr = torch.tensor([5, 0, 17]), torch.tensor([3, 9])
+    sub = NeighborSampler(g, [1000, 1000], seed=0).sample(su, sr)
+    hu, hr = sub.edges.user_hops.tolist(), sub.edges.resp_hops.tolist()
+    within_one = (du[sub.user_nodes[:hu[1]].numpy()].sum() + dr[sub.resp_nodes[:hr[1]].numpy()].sum())
+    seeds = du[su.numpy()].sum() + dr[sr.numpy()].sum()
+    assert messages_per_layer(sub.edges) == [within_one, seeds]
+    assert within_one < 2 * g.num_edges

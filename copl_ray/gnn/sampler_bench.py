@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from copl_ray.gnn.sampler import NeighborSampler
+from copl_ray.gnn.sampler import NeighborSampler, SignedEdges
 from copl_ray.graph.signed_graph import SignedGraph
 
-__all__ = ["random_graph", "benchmark_sampler"]
+__all__ = ["random_graph", "benchmark_sampler", "messages_per_layer"]
 
 
 def random_graph(n_users: int, n_prompts: int, responses_per_prompt: int = 4, per_user: int = 16,
@@ -38,6 +38,25 @@ def random_graph(n_users: int, n_prompts: int, responses_per_prompt: int = 4, pe
     chosen, rejected = prompt * responses_per_prompt + i, prompt * responses_per_prompt + j
     graph = SignedGraph.from_triples(user, chosen, rejected, n_users, n_prompts * responses_per_prompt)
     return graph, np.stack([user, chosen, rejected], 1)
+
+
+def messages_per_layer(edges: SignedEdges) -> list[int]:
+    """Messages (edge, direction) each layer of a trimmed forward over a sampled subgraph computes,
+    first layer first: layer l updates the users / responses within L-1-l hops of the seeds
+    (``edges.user_hops`` / ``resp_hops``, L = hops - 1), each from its sampled edges. A full-graph
+    layer computes 2 * graph.num_edges (both directions of every edge)."""
+    hu, hr = edges.user_hops.tolist(), edges.resp_hops.tolist()
+    n_layers = len(hu) - 1
+    out = []
+    for layer in range(n_layers):
+        n_u, n_r = hu[n_layers - 1 - layer], hr[n_layers - 1 - layer]
+        count = 0
+        for user, resp, to_user, to_resp in (
+                (edges.pos_user, edges.pos_resp, edges.pos_norm, edges.pos_norm_to_resp),
+                (edges.neg_user, edges.neg_resp, edges.neg_norm, edges.neg_norm_to_resp)):
+            count += int(((to_user != 0) & (user < n_u)).sum()) + int(((to_resp != 0) & (resp < n_r)).sum())
+        out.append(count)
+    return out
 
 
 def _rss_mb() -> float:
@@ -70,7 +89,7 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
         torch.manual_seed(seed)
         model = CoPLGNN(GNNConfig(graph.n_users, graph.n_responses, dim=dim, num_layers=len(fanouts)))
     rng = np.random.default_rng(seed + 1)
-    times, cpu, steps, steps_cpu, nodes, edges = [], [], [], [], [], []
+    times, cpu, steps, steps_cpu, nodes, edges, messages = [], [], [], [], [], [], []
     for _ in range(repeats):
         idx = rng.integers(0, len(triples), batch_pairs)
         u, a, b = (torch.from_numpy(triples[idx, c]) for c in range(3))
@@ -82,6 +101,7 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
         cpu.append(time.process_time() - c)
         nodes.append(len(sub.user_nodes) + len(sub.resp_nodes))
         edges.append(sub.edges.num_edges)
+        messages.append(sum(messages_per_layer(sub.edges)))
         if model is not None:
             if not trim:
                 sub.edges = dataclasses.replace(sub.edges, user_hops=None, resp_hops=None, _cache={})
@@ -96,6 +116,10 @@ def benchmark_sampler(n_users: int = 1_000_000, n_prompts: int = 10_000, per_use
     out.update(sample_s_median=float(np.median(times)), sample_s_min=float(np.min(times)),
                sample_cpu_s_median=float(np.median(cpu)),
                sampled_nodes_median=int(np.median(nodes)), sampled_edges_median=int(np.median(edges)),
+               # work of one trimmed forward vs one full-graph forward (same L), in messages
+               sampled_messages_median=int(np.median(messages)),
+               full_graph_messages=2 * len(fanouts) * graph.num_edges,
+               full_over_sampled_messages=2 * len(fanouts) * graph.num_edges / max(1.0, float(np.median(messages))),
                peak_rss_mb=_rss_mb())
     if steps:
         out.update(dim=dim, trim=trim, fwd_bwd_s_median=float(np.median(steps)),
