@@ -29,7 +29,7 @@ from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa:
 from copl_ray.adapt.baselines import naive_avg, user_opt  # noqa: E402
 from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, first_n_rank, plot_curves  # noqa: E402
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
 
 METHODS = ("copl", "naive_avg", "user_opt")
@@ -82,10 +82,8 @@ def check_responses_known(art, dataset: str, gnn_dir: str) -> None:
 
 def main(argv=None) -> dict:
     cfg = parse_job_args(AdaptUsersConfig, argv)
-    try:  # a bad row is reported with its file, row and field, not as a lookup error further on
+    with exit_on_dataset_error():  # a bad row named by file, row and field, not a lookup error further on
         validate_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
     write_resolved_config(cfg, cfg.output_dir)
     t0 = time.perf_counter()
     art = load_gnn_artifacts(cfg.gnn_dir, seed=cfg.seed)

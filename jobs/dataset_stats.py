@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import SEEN_SPLITS, DatasetError, read_table, validate_dataset, write_table  # noqa: E402
+from copl_ray.data.dataset import SEEN_SPLITS, exit_on_dataset_error, read_table, validate_dataset, write_table  # noqa: E402
 from copl_ray.eval.dataset_stats import (  # noqa: E402
     DatasetStatsConfig, annotation_counts, divergence_stats, format_table, graph_stats, load_triples,
 )
@@ -32,10 +32,8 @@ from copl_ray.eval.dataset_stats import (  # noqa: E402
 def main(argv=None) -> dict:
     cfg = parse_job_args(DatasetStatsConfig, argv)
     t0 = time.perf_counter()
-    try:  # a broken dataset is reported with its file, row and field, not as a lookup error
+    with exit_on_dataset_error():  # a broken dataset named by file, row and field, not a lookup error
         validate_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
     triples, user_map = load_triples(cfg.dataset, cfg.split)
     t_load = time.perf_counter() - t0
     # The split's own users: seen users for train/test, unseen users for fewshot/test_unseen.

@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError, read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import exit_on_dataset_error, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.eval import plots  # noqa: E402
 from copl_ray.eval.reward_metrics import accuracy_report, pair_correct, score_pairs  # noqa: E402
@@ -116,10 +116,8 @@ def _score_split(cfg, models, pairs: PairTable, max_length: int) -> tuple[np.nda
 def main(argv=None) -> dict:
     cfg = parse_job_args(EvaluateConfig, argv)
     t0 = time.perf_counter()
-    try:  # a bad row is reported with its file, row and field, not as a lookup error while scoring
+    with exit_on_dataset_error():  # a bad row named by file, row and field, not a lookup error while scoring
         validate_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
     train = _train_config(Path(cfg.reward_dir))
     max_length = cfg.max_length or train.max_length
     models = _models(cfg, train)

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError  # noqa: E402
+from copl_ray.data.dataset import exit_on_dataset_error  # noqa: E402
 from copl_ray.data.importers import IMPORTERS, write_imported  # noqa: E402
 from copl_ray.data.importers.job_config import ImportDatasetConfig  # noqa: E402
 
@@ -29,13 +29,11 @@ from copl_ray.data.importers.job_config import ImportDatasetConfig  # noqa: E402
 def main(argv=None) -> dict:
     cfg = parse_job_args(ImportDatasetConfig, argv)
     t0 = time.perf_counter()
-    try:
+    with exit_on_dataset_error():  # malformed source (FormatError), too little data, stale output
         prompts, responses, users, annotations, stats = IMPORTERS[cfg.source](
             cfg.input, cfg.plan(), cfg.options(), cfg.seed)
         t_read = time.perf_counter() - t0
         summary = write_imported(cfg.output_dir, (prompts, responses, users, annotations), cfg.rows_per_shard)
-    except DatasetError as exc:  # malformed source (FormatError), too little data, stale output
-        raise SystemExit(f"error: {exc}") from None
     metrics = {
         "source": cfg.source, "preset": cfg.preset(),
         "n_prompts": summary.n_prompts, "n_responses": summary.n_responses,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import exit_on_dataset_error, validate_dataset  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.export import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
 
     # 1. Graph from annotations/train (Ray Data), test pairs the same way. Bad input is one line
     # naming the file, row and field (CONTRACT 1), not a traceback; checked before Ray starts.
-    try:
+    with exit_on_dataset_error():
         t0 = time.perf_counter()
         if cfg.validate_input:
             validate_dataset(cfg.dataset)
@@ -77,8 +77,6 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         test = index_annotations(cfg.dataset, "test", built.user_map, built.response_map, with_kind=True)
         seconds_read_test = time.perf_counter() - t0
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
     g = built.graph
     response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.data.dataset import DatasetError, read_annotations, read_table, validate_dataset  # noqa: E402
+from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.reward.train import TrainRewardConfig, train_loop_per_worker  # noqa: E402
 
@@ -97,10 +97,8 @@ def group_folders(groups: list[str]) -> dict[str, str]:
 
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainRewardConfig, argv)
-    try:  # one error line naming file, row and field, before any worker starts
+    with exit_on_dataset_error():  # one error line naming file, row and field, before any worker starts
         summary = validate_dataset(cfg.dataset)
-    except DatasetError as exc:
-        raise SystemExit(f"error: {exc}") from None
     check_gnn_dir(cfg)
     t0 = time.perf_counter()
     metrics: dict = {"method": cfg.method, "n_seen_users": summary.n_seen_users,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,16 @@ DEFAULT_ROWS_PER_SHARD = 1_000_000
 
 class DatasetError(ValueError):
     """A dataset that breaks the contract; the message names file, row and field."""
+
+
+@contextmanager
+def exit_on_dataset_error() -> Iterator[None]:
+    """For jobs/ entry points: a `DatasetError` inside ends the job with one ``error: ...`` line
+    (its message names the file, row and field) instead of a traceback."""
+    try:
+        yield
+    except DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- writing
