@@ -25,8 +25,12 @@ from copl_ray.config import parse_job_args, write_metrics, write_resolved_config
 from copl_ray.data.dataset import exit_on_dataset_error, validate_dataset  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.export import export_gnn_dir  # noqa: E402
+from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
-from copl_ray.graph.build import build_graph, index_annotations  # noqa: E402
+from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
+
+# Keys the grid varies; an explicitly set one stays as given (num_layers and fanouts go together).
+_GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"})
 
 
 def _init_ray():
@@ -61,6 +65,42 @@ def _accuracy_metrics(prefix: str, acc: dict, split: str) -> dict:
     }
 
 
+def grid_candidates(cfg: TrainGNNConfig, n_train_pairs: int) -> list[dict]:
+    """`candidate_grid` without the keys the user set explicitly (their value is a choice already);
+    duplicates dropped, so a fully pinned config trains once."""
+    out = []
+    for cand in candidate_grid(cfg.grid, n_train_pairs, cfg.grid_max_train_pairs, cfg.model):
+        for unit in _GRID_UNITS:
+            if unit & cfg.model_fields_set:
+                for key in unit:
+                    cand.pop(key, None)
+        if cand not in out:
+            out.append(cand)
+    return out or [{}]
+
+
+def _best_score(state: dict) -> Score:
+    best = (state.get("early_stopping") or {}).get("best")
+    return Score(*best) if best else Score(float("nan"), float("nan"))
+
+
+def _selection_metrics(runs: list, chosen: int | None, val) -> dict:
+    """What was chosen on validation and from what: candidates with their best epoch and score."""
+    rows = []
+    for update, run_cfg, _, state in runs:
+        es = state.get("early_stopping") or {}
+        best = es.get("best") or [None, None]
+        rows.append({"settings": {k: getattr(run_cfg, k) for k in ("num_layers", "fanouts", "lr", "l2", "dim")},
+                     "varied": sorted(update), "best_epoch": es.get("best_epoch"), "epochs_run": len(state["history"]),
+                     "val_accuracy": best[0], "val_loss": best[1]})
+    if val is None:
+        return {"val_pairs": 0, "reason": "val_fraction=0 or no user has two train pairs: the last epoch is kept",
+                "candidates": rows}
+    return {"val_pairs": len(val), "chosen_candidate": chosen, "chosen": rows[chosen]["settings"],
+            "best_epoch": rows[chosen]["best_epoch"], "val_accuracy": rows[chosen]["val_accuracy"],
+            "candidates": rows}
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(TrainGNNConfig, argv)
     write_resolved_config(cfg, cfg.output_dir)
@@ -77,25 +117,47 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         test = index_annotations(cfg.dataset, "test", built.user_map, built.response_map, with_kind=True)
         seconds_read_test = time.perf_counter() - t0
-    g = built.graph
+    # 2. Validation pairs carved from train (never test): kept out of the graph while training,
+    # they choose the epoch and the grid candidate; their edges come back for the export.
+    fit, val = built.train, None
+    if cfg.val_fraction > 0:
+        fit, val = split_validation(built.train, cfg.val_fraction, cfg.seed)
+        if len(val) == 0:
+            fit, val = built.train, None
+    g = built.graph if val is None else signed_graph_from_sorted(fit, built.graph.n_users, built.graph.n_responses)
     response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
 
-    # 2. Train on Ray Train.
+    # 3. Train on Ray Train: one run, or one per grid candidate.
     data = {
         "pos_user": g.pos_user.numpy(), "pos_response": g.pos_response.numpy(),
         "neg_user": g.neg_user.numpy(), "neg_response": g.neg_response.numpy(),
-        "train_user": built.train.user, "train_chosen": built.train.chosen,
-        "train_rejected": built.train.rejected,
+        "train_user": fit.user, "train_chosen": fit.chosen, "train_rejected": fit.rejected,
         "response_in_graph": response_in_graph,
     }
-    scored = built.holdout if built.holdout is not None else test  # what each epoch reports
+    if val is not None:
+        data.update(val_user=val.user, val_chosen=val.chosen, val_rejected=val.rejected)
+    # Monitoring only (each epoch's "test_accuracy"): never used to choose anything.
+    scored = built.holdout if built.holdout is not None else test
     data.update(eval_user=scored.user, eval_chosen=scored.chosen, eval_rejected=scored.rejected)
+    candidates = grid_candidates(cfg, len(built.train)) if val is not None else [{}]
     t0 = time.perf_counter()
-    result, state = run_training(cfg, ray.put(data), g.n_users, g.n_responses)
+    data_ref = ray.put(data)
+    runs = []
+    for i, update in enumerate(candidates):
+        run_cfg = TrainGNNConfig.model_validate({**cfg.model_dump(), **update, "grid": False}) if update else cfg
+        result, state = run_training(run_cfg, data_ref, g.n_users, g.n_responses,
+                                     run_tag=f"c{i}" if len(candidates) > 1 else "")
+        runs.append((update, run_cfg, result, state))
+    chosen = best_index([_best_score(state) for *_, state in runs]) if val is not None else None
+    update, cfg_used, result, state = runs[chosen or 0]
     seconds_fit = time.perf_counter() - t0
+    if update:  # the config.yaml that reproduces the chosen run
+        write_resolved_config(cfg_used, cfg.output_dir)
 
-    # 3. Final embeddings (full graph), export, metrics.
-    model, e_user, e_resp = load_trained_model(cfg, result.checkpoint, g)
+    # 4. Final embeddings over the whole train graph (validation edges back in), export, metrics.
+    g = built.graph
+    response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
+    model, e_user, e_resp = load_trained_model(cfg_used, result.checkpoint, g)
     acc = gnn_accuracy(e_user, e_resp, test.user, test.chosen, test.rejected, response_in_graph,
                        kind=test.kind, user_group=built.user_group)
     metrics = _accuracy_metrics("gnn_test", acc, "annotations/test")
@@ -107,6 +169,7 @@ def main(argv=None) -> dict:
     export_gnn_dir(cfg.output_dir, g, built.user_map, built.response_map, e_user, e_resp, model,
                    embedding_meta={"model": cfg.model})
     history = state["history"]
+    metrics["selection"] = _selection_metrics(runs, chosen, val)
     metrics.update({
         "model": cfg.model,
         "epochs_run": len(history),
@@ -115,6 +178,7 @@ def main(argv=None) -> dict:
         # Scored each epoch on the holdout when there is one, else on annotations/test.
         "epoch_accuracy_pairs": "holdout" if built.holdout is not None else "test",
         "epoch_accuracy": [h["test_accuracy"] for h in history],
+        "epoch_val_accuracy": [h.get("val_accuracy") for h in history],
         "evals": state["evals"],
         "steps": state["step"],
         "train_seconds": state["train_seconds"],

@@ -127,7 +127,7 @@ def test_accuracy_counts_in_graph_pairs_ties_half_and_splits():
 
 def _train(dataset, out, *extra):
     return load_job("train_gnn").main([f"dataset={dataset}", f"output_dir={out}", "batch_size=256", "lr=0.01",
-                     "holdout_fraction=0.1", "dim=32", *extra])
+                     "holdout_fraction=0.1", "dim=32", "grid=false", *extra])
 
 
 @pytest.mark.integration

@@ -120,6 +120,18 @@ class TrainGNNConfig(JobConfig):
     holdout_fraction: float = Field(0.0, ge=0, lt=1, description=(
         "share of annotations/train kept out of the graph and scored as gnn_holdout_accuracy"
         " (paper Table 6: pairs not reflected in the graph); the per-epoch accuracy uses it"))
+    val_fraction: float = Field(0.1, ge=0, lt=1, description=(
+        "share of annotations/train carved out as validation pairs (kept out of the graph while"
+        " training; each user keeps at least one train pair): the best epoch, early stopping and the"
+        " grid are chosen on them, never on test labels (copl_ray/gnn/selection.py). Their edges are"
+        " back in the graph for the exported embeddings. 0 = no selection: the last epoch is kept"))
+    early_stopping_patience: int | None = Field(3, ge=1, description=(
+        "stop after this many epochs without a better validation score (None: run all epochs)"))
+    grid: bool | Literal["auto"] = Field("auto", description=(
+        "train each candidate of copl_ray.gnn.selection.GRID_CANDIDATES (layers, lr, l2) and keep the"
+        " best on validation. auto: copl with a validation split and at most grid_max_train_pairs"
+        " train pairs, varying only the keys not set explicitly; true / false force it on / off"))
+    grid_max_train_pairs: int = Field(500_000, ge=0, description="grid=auto: the largest train split it runs on")
     eval_every_steps: int = Field(0, ge=0, description="test accuracy every N steps (0: per epoch)")
     stop_at_accuracy: float | None = Field(None, gt=0, le=1,
                                            description="stop once test accuracy reaches this (benchmarks)")
@@ -296,6 +308,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from copl_ray.eval.gnn_metrics import gnn_accuracy
+    from copl_ray.gnn.selection import EarlyStopping
 
     cfg = TrainGNNConfig.model_validate(config["job"])
     if cfg.keep_freed_memory:
@@ -332,7 +345,10 @@ def train_loop_per_worker(config: dict) -> None:
         full_edges = SignedEdges.from_graph(graph).to(device)
 
     state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0, "train_cpu_seconds": 0.0,
-             "restored_from_epoch": None, "stopped_early": False}
+             "restored_from_epoch": None, "stopped_early": False, "early_stopping": None}
+    n_val = len(data.get("val_user", ()))
+    stopper = EarlyStopping(cfg.early_stopping_patience if n_val else None)
+    best_model = None  # rank 0: CPU copy of the weights at the best validation epoch
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -342,12 +358,19 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(blob["scheduler"])
         state = blob["state"]
         state["restored_from_epoch"] = state["epoch"]
+        best_model = blob.get("best_model")
+        if state.get("early_stopping"):
+            stopper.load_state_dict(state["early_stopping"])
 
     def evaluate() -> float:
         e_user, e_resp = embed_all(_unwrap(model), graph)
         acc = gnn_accuracy(e_user.cpu(), e_resp.cpu(), data["eval_user"], data["eval_chosen"],
                            data["eval_rejected"], data["response_in_graph"])
         return acc["accuracy"]
+
+    def validate():
+        e_user, e_resp = embed_all(_unwrap(model), graph)
+        return validation_score(e_user.cpu(), e_resp.cpu(), data["val_user"], data["val_chosen"], data["val_rejected"])
 
     def stop_flag(value: bool) -> bool:
         flag = torch.tensor([1.0 if value else 0.0])
@@ -405,22 +428,33 @@ def train_loop_per_worker(config: dict) -> None:
             dist.all_reduce(loss_mean)
             loss_mean /= world
         acc = evaluate() if rank == 0 and cfg.evaluate_each_epoch else float("nan")
+        val = validate() if rank == 0 and n_val else None
+        if val is not None:
+            no_progress = stopper.update(epoch, val)
+            if stopper.best_epoch == epoch:
+                best_model = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+            state["early_stopping"] = stopper.state_dict()
+        # rank 0 decides (the others have no validation score); every rank leaves together
+        stop_on_val = stop_flag(val is not None and no_progress) if n_val else False
         state["peak_rss_mb_per_rank"] = _peak_rss_per_rank(rank, world)
         state["history"].append({"epoch": epoch, "loss": float(loss_mean[0]), "btl_loss": float(loss_mean[1]),
                                  "test_accuracy": acc,
+                                 "val_accuracy": None if val is None else val.accuracy,
+                                 "val_loss": None if val is None else val.loss,
                                  "steps": state["step"], "train_seconds": state["train_seconds"],
                                  "epoch_seconds": epoch_wall, "epoch_cpu_seconds_per_rank": epoch_cpu,
                                  "epoch_steps": len(losses)})
         state["epoch"] = epoch + 1
         if not stop and cfg.stop_at_accuracy is not None and not cfg.eval_every_steps:
             stop = stop_flag(acc >= cfg.stop_at_accuracy)
+        stop = stop or stop_on_val
         state["stopped_early"] = bool(stop)
         metrics = {"epoch": epoch, "loss": float(loss_mean[0]), "btl_loss": float(loss_mean[1]), "test_accuracy": acc}
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
                 torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "state": state},
+                            "scheduler": scheduler.state_dict(), "state": state, "best_model": best_model},
                            os.path.join(tmp, "train_state.pt"))
                 Path(tmp, "train_state.json").write_text(json.dumps(state))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
@@ -509,6 +543,19 @@ def id_l2(model: torch.nn.Module, user: torch.Tensor, chosen: torch.Tensor, reje
 
 
 @torch.no_grad()
+def validation_score(e_user: torch.Tensor, e_resp: torch.Tensor, user: np.ndarray, chosen: np.ndarray,
+                     rejected: np.ndarray):
+    """`Score` (accuracy with ties counted half, mean BTL loss) of validation triples [V] under
+    final embeddings e_user [n_users, d], e_resp [n_responses, d]."""
+    from copl_ray.gnn.selection import Score
+
+    u, a, b = (torch.from_numpy(np.asarray(x)) for x in (user, chosen, rejected))
+    margin = (e_user[u] * (e_resp[a] - e_resp[b])).sum(-1)
+    acc = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return Score(acc, float(-torch.nn.functional.logsigmoid(margin).mean()))
+
+
+@torch.no_grad()
 def embed_all(model: torch.nn.Module, graph: SignedGraph) -> tuple[torch.Tensor, torch.Tensor]:
     """All final embeddings (e_user [n_users, d], e_resp [n_responses, d]), eval mode."""
     model = _unwrap(model)
@@ -522,7 +569,7 @@ def embed_all(model: torch.nn.Module, graph: SignedGraph) -> tuple[torch.Tensor,
 # ----------------------------------------------------------------------------- driver
 
 
-def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int):
+def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int, run_tag: str = ""):
     """Fit on Ray Train; returns (``ray.train.Result``, the last checkpoint's training state).
 
     ``data_ref``: object ref of the arrays `train_loop_per_worker` documents.
@@ -539,7 +586,7 @@ def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int):
         run_config=RunConfig(
             storage_path=str(storage),
             # A fresh name per run: Ray Train V2 would resume a finished run of the same name.
-            name=f"train_gnn-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            name=f"train_gnn-{cfg.model}{'-' + run_tag if run_tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
@@ -553,10 +600,12 @@ def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int):
 
 
 def load_trained_model(cfg: TrainGNNConfig, checkpoint, graph: SignedGraph):
-    """(model, e_user [n_users, d], e_resp [n_responses, d]) from a training checkpoint."""
+    """(model, e_user [n_users, d], e_resp [n_responses, d]) from a training checkpoint: the
+    weights of the best validation epoch when there was a validation split, else the last ones.
+    ``graph`` is the one the embeddings are propagated over (may hold more edges than training's)."""
     model = build_model(cfg, graph.n_users, graph.n_responses)
     with checkpoint.as_directory() as folder:
         blob = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=False)
-    model.load_state_dict(blob["model"])
+    model.load_state_dict(blob.get("best_model") or blob["model"])
     e_user, e_resp = embed_all(model, graph)
     return model, e_user, e_resp
