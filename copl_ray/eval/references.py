@@ -1,0 +1,137 @@
+"""The references a user compares a personalized model against, fit in-process on the same split.
+
+`jobs/bench_robustness.py` scores `train_gnn` (run as a user runs it) against:
+
+* ``shared``: one preference for everyone, a learned score per response (s_{u,r} = b_r);
+* ``free``: free user and response embeddings without a graph (s = e_u . e_r, the paper's "w/o GNN
+  embedding"), its dimension and L2 (Eq. 5's per-batch penalty) tuned on validation from
+  ``FREE_GRID``;
+* ``true_groups``: a learner given every user's true group: a score per (group, response). An
+  upper reference for group-structured data (it knows what the others must infer).
+
+Each is trained with Adam on the fit pairs (minibatches of 1024, one thread, no Ray), selected on
+the validation pairs by epoch (and grid point), and reports the test accuracy at the selected point
+(ties count half). Test labels never choose anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from copl_ray.gnn.selection import Score, better
+from copl_ray.graph.build import Triples
+
+__all__ = ["FREE_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups"]
+
+FREE_GRID = tuple((d, l2) for d in (4, 8, 16) for l2 in (0.03, 0.1, 0.3))
+
+
+@dataclass
+class Fit:
+    """A reference's selected point: validation score, test accuracy there, and its settings."""
+
+    val: Score
+    test_accuracy: float
+    settings: dict
+
+
+class _TableScorer(nn.Module):
+    """s(u, r) = <U[u], R[r]>, or R[r] alone (``fixed_user``): the references differ in their tables."""
+
+    def __init__(self, n_users: int, n_responses: int, dim: int, fixed_user: bool):
+        super().__init__()
+        self.fixed_user = fixed_user  # every user vector is [1]: s = R[r] (dim 1)
+        self.U = None if fixed_user else nn.Embedding(n_users, dim)
+        self.R = nn.Embedding(n_responses, dim)
+        for e in (self.U, self.R):
+            if e is not None:
+                nn.init.normal_(e.weight, std=0.01)
+
+    def margin(self, u: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s_a - s_b [B], L2 term: batch mean of the rows' squared norms)."""
+        if self.fixed_user:
+            ra, rb = self.R(a), self.R(b)
+            return (ra - rb).squeeze(-1), (ra.pow(2).sum(-1) + rb.pow(2).sum(-1)).mean()
+        eu = self.U(u)
+        ra, rb = self.R(a), self.R(b)
+        return (eu * (ra - rb)).sum(-1), (eu.pow(2).sum(-1) + ra.pow(2).sum(-1) + rb.pow(2).sum(-1)).mean()
+
+
+def _tensors(t: Triples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in (t.user, t.chosen, t.rejected))
+
+
+def _accuracy(margin: torch.Tensor) -> float:
+    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else float("nan")
+
+
+def _train(model: _TableScorer, fit: Triples, val: Triples, test: Triples, *, l2: float, lr: float,
+           epochs: int, seed: int, remap=None) -> tuple[Score, float, int]:
+    """Adam on fit; returns (best validation score, test accuracy at that epoch, that epoch)."""
+    remap = remap or (lambda u, a, b: (u, a, b))
+    F, V, T = (remap(*_tensors(x)) for x in (fit, val, test))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    best, best_test, best_epoch = None, float("nan"), -1
+    for epoch in range(epochs):
+        perm = torch.randperm(len(F[0]), generator=gen)
+        for i in range(0, len(perm), 1024):
+            idx = perm[i:i + 1024]
+            m, reg = model.margin(*(x[idx] for x in F))
+            loss = -nn.functional.logsigmoid(m).mean() + l2 * reg
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            mv = model.margin(*V)[0]
+            score = Score(_accuracy(mv), float(-nn.functional.logsigmoid(mv).mean()))
+            if better(score, best):
+                best, best_test, best_epoch = score, _accuracy(model.margin(*T)[0]), epoch
+    return best, best_test, best_epoch
+
+
+def fit_shared(n_users: int, n_responses: int, fit: Triples, val: Triples, test: Triples,
+               epochs: int = 15, lr: float = 1e-2, seed: int = 0) -> Fit:
+    """One preference for everyone (per-response score)."""
+    torch.manual_seed(seed)
+    model = _TableScorer(1, n_responses, 1, fixed_user=True)
+    v, t, e = _train(model, fit, val, test, l2=0.0, lr=lr, epochs=epochs, seed=seed)
+    return Fit(v, t, {"epoch": e})
+
+
+def fit_free(n_users: int, n_responses: int, fit: Triples, val: Triples, test: Triples,
+             grid=FREE_GRID, epochs: int = 30, lr: float = 1e-2, seed: int = 0) -> Fit:
+    """Free embeddings without a graph, dimension and L2 chosen on validation from ``grid``."""
+    best = None
+    for dim, l2 in grid:
+        torch.manual_seed(seed)
+        model = _TableScorer(n_users, n_responses, dim, fixed_user=False)
+        v, t, e = _train(model, fit, val, test, l2=l2, lr=lr, epochs=epochs, seed=seed)
+        if best is None or better(v, best.val):
+            best = Fit(v, t, {"dim": dim, "l2": l2, "epoch": e})
+    return best
+
+
+def fit_true_groups(group_of_user: np.ndarray, n_responses: int, fit: Triples, val: Triples, test: Triples,
+                    epochs: int = 15, lr: float = 1e-2, seed: int = 0) -> Fit:
+    """A score per (true group, response): the learner told every user's group.
+
+    ``group_of_user``: [n_users] group names (None where unknown: those users share one extra group).
+    """
+    names = np.array(["" if g is None else str(g) for g in group_of_user])
+    _, gid = np.unique(names, return_inverse=True)
+    gid = torch.from_numpy(gid.astype(np.int64))
+    n_groups = int(gid.max()) + 1 if len(gid) else 1
+    torch.manual_seed(seed)
+    model = _TableScorer(1, n_groups * n_responses, 1, fixed_user=True)
+
+    def remap(u, a, b):  # response r of group g is row g * n_responses + r
+        off = gid[u] * n_responses
+        return u, a + off, b + off
+
+    v, t, e = _train(model, fit, val, test, l2=0.0, lr=lr, epochs=epochs, seed=seed, remap=remap)
+    return Fit(v, t, {"epoch": e, "n_groups": n_groups})
