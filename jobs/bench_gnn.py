@@ -98,6 +98,10 @@ def _time_to_target(evals: list[dict], target: float) -> tuple[float | None, flo
     return None, None, None
 
 
+# Speed runs time one training run per mode on every train pair: no validation split, no grid.
+_SPEED_ONLY = ("val_fraction=0", "grid=false")
+
+
 def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
     dataset = _dataset(cfg.speed_dataset, cfg.speed_n_users, out)
     job = _train_job()
@@ -106,7 +110,7 @@ def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
         m = job.main([f"dataset={dataset}", f"output_dir={out / f'speed_{mode}'}", f"mode={mode}",
                       f"num_workers={cfg.num_workers}", f"holdout_fraction={cfg.holdout_fraction}",
                       f"eval_every_steps={cfg.eval_every_steps}", f"stop_at_accuracy={cfg.target_accuracy}",
-                      f"epochs={cfg.max_epochs}", "evaluate_each_epoch=false", *cfg.train_overrides])
+                      f"epochs={cfg.max_epochs}", "evaluate_each_epoch=false", *_SPEED_ONLY, *cfg.train_overrides])
         seconds, cpu_seconds, step = _time_to_target(m["evals"], cfg.target_accuracy)
         last = m["evals"][-1] if m["evals"] else {}
         runs[mode] = {"seconds_to_target": seconds, "cpu_seconds_to_target": cpu_seconds, "steps_to_target": step,
@@ -165,7 +169,7 @@ def bench_speed_scaling(cfg: BenchGNNConfig, out: Path) -> dict:
         for mode in ("sampled", "full"):
             m = job.main([f"dataset={dataset}", f"output_dir={out / f'scaling_{n_users}_{mode}'}", f"mode={mode}",
                           f"num_workers={cfg.num_workers}", "epochs=1", f"max_steps_per_epoch={cfg.speed_scaling_steps}",
-                          "evaluate_each_epoch=false", "validate_input=false", *cfg.train_overrides])
+                          "evaluate_each_epoch=false", "validate_input=false", *_SPEED_ONLY, *cfg.train_overrides])
             cpu_per_rank = [sum(x) for x in zip(*m["epoch_cpu_seconds_per_rank"])]
             row[mode] = {"seconds_per_step": m["train_seconds"] / max(1, m["steps"]),
                          "cpu_seconds_per_step": max(cpu_per_rank) / max(1, m["steps"])}

@@ -29,8 +29,9 @@ from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_vali
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
 
-# Keys the grid varies; an explicitly set one stays as given (num_layers and fanouts go together).
-_GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"})
+# Keys the grid varies; an explicitly set one stays as given (each set goes together: the layer
+# kind is transform + activation + target-edge masking, the depth is num_layers + fanouts).
+_GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"}, {"transform", "activation", "exclude_target_edges"})
 
 
 def _init_ray():
@@ -90,7 +91,8 @@ def _selection_metrics(runs: list, chosen: int | None, val) -> dict:
     for update, run_cfg, _, state in runs:
         es = state.get("early_stopping") or {}
         best = es.get("best") or [None, None]
-        rows.append({"settings": {k: getattr(run_cfg, k) for k in ("num_layers", "fanouts", "lr", "l2", "dim")},
+        rows.append({"settings": {k: getattr(run_cfg, k) for k in ("transform", "activation", "exclude_target_edges",
+                                                                 "num_layers", "fanouts", "lr", "l2", "dim")},
                      "varied": sorted(update), "best_epoch": es.get("best_epoch"), "epochs_run": len(state["history"]),
                      "val_accuracy": best[0], "val_loss": best[1]})
     if val is None:

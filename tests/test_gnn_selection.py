@@ -77,10 +77,13 @@ def test_explicit_keys_are_not_varied_by_the_grid():
     job = load_job("train_gnn")
     base = ["dataset=d", "output_dir=o"]
     free = job.grid_candidates(load_config(TrainGNNConfig, None, base), 1000)
-    assert len(free) >= 2 and all({"num_layers", "lr", "l2"} <= set(c) for c in free)
+    assert len(free) >= 2 and all({"num_layers", "lr", "l2", "transform"} <= set(c) for c in free)
+    assert {c["transform"] for c in free} == {True, False}  # both layers compete
+    layer = job.grid_candidates(load_config(TrainGNNConfig, None, base + ["transform=true", "activation=true"]), 1000)
+    assert all("transform" not in c and "exclude_target_edges" not in c for c in layer)
     pinned = job.grid_candidates(load_config(TrainGNNConfig, None, base + ["num_layers=2", "fanouts=[5,5]"]), 1000)
     assert all("num_layers" not in c and "fanouts" not in c for c in pinned)
-    everything = base + ["num_layers=2", "fanouts=[5,5]", "lr=0.01", "l2=0.5"]
+    everything = base + ["num_layers=2", "fanouts=[5,5]", "lr=0.01", "l2=0.5", "transform=false"]
     assert job.grid_candidates(load_config(TrainGNNConfig, None, everything), 1000) == [{}]
 
 

@@ -29,10 +29,11 @@ Departures from the paper (App. D.2), stated:
   ``configs/train_gnn/paper.yaml``).
 - Sampled neighbourhoods instead of full-graph propagation per batch (``mode=full`` restores it).
 - A training pair is scored without its own two edges (``exclude_target_edges``, default on).
-- The default layer is Table A4's "w/o Act. & Trans." ablation (``transform=false
-  activation=false``); ``transform=true activation=true`` is Eq. 2-3 as written. Measured on
-  held-out pairs, 10k users (docs/ARCHITECTURE.md, "GNN defaults"): the paper's layer fits every
-  training pair through its matrices and free ID embeddings and stays near uniform on UF-P-4.
+- The single-run default layer is Table A4's "w/o Act. & Trans." ablation (``transform=false
+  activation=false``); ``transform=true activation=true`` is Eq. 2-3 as written. Neither wins on all
+  data (docs/ARCHITECTURE.md, "GNN model selection"): ``jobs/train_gnn.py`` trains both where cheap
+  (``grid``) and keeps the better on a validation split carved from train (``val_fraction``), at its
+  best epoch (``early_stopping_patience``); `validation_score` is what each epoch reports.
 
 The graph and the triples reach the workers through the object store (one ``ray.put`` on the
 driver, zero-copy numpy on each worker). Rank 0 writes a checkpoint at the end of every epoch
@@ -128,7 +129,7 @@ class TrainGNNConfig(JobConfig):
     early_stopping_patience: int | None = Field(3, ge=1, description=(
         "stop after this many epochs without a better validation score (None: run all epochs)"))
     grid: bool | Literal["auto"] = Field("auto", description=(
-        "train each candidate of copl_ray.gnn.selection.GRID_CANDIDATES (layers, lr, l2) and keep the"
+        "train each candidate of copl_ray.gnn.selection.GRID_CANDIDATES (layer kind, layers, lr, l2) and keep the"
         " best on validation. auto: copl with a validation split and at most grid_max_train_pairs"
         " train pairs, varying only the keys not set explicitly; true / false force it on / off"))
     grid_max_train_pairs: int = Field(500_000, ge=0, description="grid=auto: the largest train split it runs on")
@@ -145,7 +146,9 @@ class TrainGNNConfig(JobConfig):
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but num_layers={self.num_layers};"
                              " give one fan-out per layer (or mode=full)")
         if self.exclude_target_edges is None:
-            self.exclude_target_edges = self.model == "copl" and not self.transform
+            # Derived, not chosen: bypass pydantic's __setattr__, which would mark the key as set
+            # (train_gnn's grid varies only the keys a user did not set).
+            object.__setattr__(self, "exclude_target_edges", self.model == "copl" and not self.transform)
         for key in ("transform", "activation", "dim", "num_layers"):
             if key in self.model_options:
                 raise ValueError(f"model_options.{key}: set the top-level key {key} instead")
