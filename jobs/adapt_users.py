@@ -28,6 +28,7 @@ from pydantic import Field  # noqa: E402
 from copl_ray.adapt import AdaptParams, adapt_batch, load_gnn_artifacts  # noqa: E402
 from copl_ray.adapt.baselines import naive_avg, user_opt  # noqa: E402
 from copl_ray.adapt.evaluation import accuracy_report, first_n_per_user, first_n_rank, plot_curves  # noqa: E402
+from copl_ray.adapt.selection import candidate_params, cross_validate  # noqa: E402
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
@@ -49,6 +50,14 @@ class AdaptUsersConfig(JobConfig):
     user_opt_lr: float = Field(0.05, gt=0)
     user_opt_weight_decay: float = Field(1e-4, ge=0)
     seed: int = Field(0, description="priority rank of seen users (caps and global fallback sample)")
+    select: bool = Field(True, description=(
+        "choose adapt.hops and adapt.kappa from the candidates below by 2-fold cross-validation on the"
+        " fewshot pairs (copl_ray/adapt/selection.py; test_unseen is never read). A value set"
+        " explicitly under adapt: is kept"))
+    hops_candidates: list[int] = Field(default_factory=lambda: [2, 4])
+    kappa_candidates: list[float] = Field(default_factory=lambda: [0.07, 0.003, 0.01, 0.03, 0.3, 1.0],
+                                          description="the paper's 0.07 first: it wins ties")
+    select_max_users: int = Field(2000, ge=1, description="users scored by the cross-validation (a seeded sample)")
     fewshot_holdout: int = Field(0, ge=0, description=(
         "> 0: keep each unseen user's last m fewshot rows out of adaptation and score them "
         "(unseen_fewshot_holdout_accuracy). They are survey pairs, so in the graph, unlike "
@@ -80,6 +89,22 @@ def check_responses_known(art, dataset: str, gnn_dir: str) -> None:
                     f" embedding for ({bad.size} rows): gnn_dir must be a train_gnn output of this dataset")
 
 
+def select_params(cfg: AdaptUsersConfig, art, fewshot: pa.Table) -> tuple[AdaptUsersConfig, dict]:
+    """(cfg with the chosen adapt.hops / adapt.kappa and select=false, what was tried)."""
+    candidates = candidate_params(cfg.adapt, cfg.hops_candidates, cfg.kappa_candidates)
+    table = cross_validate(art, fewshot, pc.unique(fewshot.column("user_id").combine_chunks()), candidates,
+                           max_users=cfg.select_max_users, seed=cfg.seed)
+    scored = [i for i, row in enumerate(table) if row["accuracy"] is not None]
+    if not scored:
+        return cfg, {"reason": "no unseen user has two fewshot pairs: the configured hops/kappa are kept",
+                     "candidates": table}
+    best = max(scored, key=lambda i: (table[i]["accuracy"], -i))  # first of the best in grid order
+    chosen = candidates[best]
+    cfg = cfg.model_copy(update={"adapt": chosen, "select": False})
+    return cfg, {"chosen": {"hops": chosen.hops, "kappa": chosen.kappa}, "cv_accuracy": table[best]["accuracy"],
+                 "cv_pairs": table[best]["n_pairs"], "candidates": table}
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(AdaptUsersConfig, argv)
     with exit_on_dataset_error():  # a bad row named by file, row and field, not a lookup error further on
@@ -103,6 +128,12 @@ def main(argv=None) -> dict:
         held = fewshot.filter(pa.array(rank >= limit))
         fewshot = fewshot.filter(pa.array(rank < limit))
     load_s = time.perf_counter() - t0
+    selection = None
+    if cfg.select:
+        t0 = time.perf_counter()
+        cfg, selection = select_params(cfg, art, fewshot)
+        selection["seconds"] = time.perf_counter() - t0
+        write_resolved_config(cfg, cfg.output_dir)  # the chosen hops/kappa, so a rerun repeats this run
 
     t0 = time.perf_counter()
     res = run_method(cfg.method, art, fewshot, user_ids, cfg)
@@ -114,6 +145,8 @@ def main(argv=None) -> dict:
                            **cfg.adapt.model_dump()})
     report = accuracy_report(art, user_ids, res.embeddings, test, groups, n_given=res.n_annotations)
     metrics = {
+        "selection": selection,
+        "hops": cfg.adapt.hops, "kappa": cfg.adapt.kappa,
         "method": cfg.method,
         "n_unseen_users": len(user_ids),
         "unseen_accuracy": report["accuracy"],
