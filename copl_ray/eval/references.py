@@ -27,7 +27,7 @@ from copl_ray.graph.build import Triples
 
 __all__ = ["FREE_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups"]
 
-FREE_GRID = tuple((d, l2) for d in (4, 8, 16) for l2 in (0.03, 0.1, 0.3))
+FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
 
 
 @dataclass
