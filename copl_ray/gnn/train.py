@@ -365,15 +365,11 @@ def train_loop_per_worker(config: dict) -> None:
         if state.get("early_stopping"):
             stopper.load_state_dict(state["early_stopping"])
 
-    def evaluate() -> float:
-        e_user, e_resp = embed_all(_unwrap(model), graph)
+    def evaluate(embeddings=None) -> float:
+        e_user, e_resp = embeddings or embed_all(_unwrap(model), graph)
         acc = gnn_accuracy(e_user.cpu(), e_resp.cpu(), data["eval_user"], data["eval_chosen"],
                            data["eval_rejected"], data["response_in_graph"])
         return acc["accuracy"]
-
-    def validate():
-        e_user, e_resp = embed_all(_unwrap(model), graph)
-        return validation_score(e_user.cpu(), e_resp.cpu(), data["val_user"], data["val_chosen"], data["val_rejected"])
 
     def stop_flag(value: bool) -> bool:
         flag = torch.tensor([1.0 if value else 0.0])
@@ -430,8 +426,11 @@ def train_loop_per_worker(config: dict) -> None:
         if world > 1:
             dist.all_reduce(loss_mean)
             loss_mean /= world
-        acc = evaluate() if rank == 0 and cfg.evaluate_each_epoch else float("nan")
-        val = validate() if rank == 0 and n_val else None
+        # rank 0 scores the epoch: eval pairs (monitoring only) and validation pairs (selection)
+        emb = embed_all(_unwrap(model), graph) if rank == 0 and (cfg.evaluate_each_epoch or n_val) else None
+        acc = evaluate(emb) if rank == 0 and cfg.evaluate_each_epoch else float("nan")
+        val = (validation_score(*(e.cpu() for e in emb), data["val_user"], data["val_chosen"], data["val_rejected"])
+               if rank == 0 and n_val else None)
         if val is not None:
             no_progress = stopper.update(epoch, val)
             if stopper.best_epoch == epoch:
