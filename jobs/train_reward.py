@@ -148,6 +148,9 @@ def learning_warnings(brief: dict, where: str = "") -> list[str]:
         out.append(f"training loss did not fall{tag}: {brief['loss_first']:.4f} -> {brief['loss_last']:.4f} "
                    f"over {brief['steps']} steps at lr {brief['lr']:g}; the model has likely learned nothing "
                    "(try lr=auto or other lr_candidates, more steps, or check the data)")
+    selection = brief.get("lr_selection") or {}
+    if selection.get("mode") == "fallback":
+        out.append(f"lr not selected{tag}: {selection['why']}")
     acc = brief.get("val_accuracy")
     if acc is not None and acc < 0.55:
         out.append(f"validation accuracy on held-out train pairs is {acc:.3f}{tag}, near chance")

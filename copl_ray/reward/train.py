@@ -199,7 +199,9 @@ def select_lr(model, trainable, data, sampler, device, cfg: "TrainRewardConfig")
     acc0, loss0 = validate(model, data.val, data.tokens, device, cfg.batch_size * 4)
     sampler.set_epoch(0)
     order = list(sampler)
-    warm = max(1, cfg.probe_steps // 10)
+    # A smoke run (max_steps) probes no longer than it trains.
+    probe_steps = min(cfg.probe_steps, cfg.max_steps or cfg.probe_steps)
+    warm = max(1, probe_steps // 10)
     results = []
     for lr in cfg.lr_candidates:
         with torch.no_grad():
@@ -207,7 +209,7 @@ def select_lr(model, trainable, data, sampler, device, cfg: "TrainRewardConfig")
                 p.copy_(v)
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.weight_decay)
         losses = []
-        for s in range(cfg.probe_steps):
+        for s in range(probe_steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (s + 1) / warm)
             rows = [order[(s * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
@@ -215,7 +217,7 @@ def select_lr(model, trainable, data, sampler, device, cfg: "TrainRewardConfig")
             losses.append(_all_mean(float(loss), device))
         acc, vloss = validate(model, data.val, data.tokens, device, cfg.batch_size * 4)
         k = max(1, len(losses) // 5)
-        results.append(ProbeResult(lr=lr, val_accuracy=acc, val_loss=vloss, steps=cfg.probe_steps,
+        results.append(ProbeResult(lr=lr, val_accuracy=acc, val_loss=vloss, steps=probe_steps,
                                    loss_first=float(np.mean(losses[:k])), loss_last=float(np.mean(losses[-k:]))))
         del optimizer
     with torch.no_grad():
@@ -270,6 +272,11 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             meta = json.loads(Path(folder, "train_state.json").read_text())
         lr, selection = meta["lr"], meta["lr_selection"]
+    elif cfg.lr == "auto" and data.val is None:
+        lr = float(sorted(cfg.lr_candidates)[len(cfg.lr_candidates) // 2])
+        selection = {"mode": "fallback", "chosen": lr,
+                     "why": f"{len(data.dataset)} train pairs are too few to hold out a validation slice "
+                            "(10% of them must be >= 1): the middle of lr_candidates, unchecked"}
     elif cfg.lr == "auto":
         lr, selection = select_lr(model, trainable, data, sampler, device, cfg)
     else:
