@@ -5,7 +5,9 @@
 
 Steps: validate the dataset; run ``TorchTrainer(train_loop_per_worker)`` with ``num_workers``
 workers (restarting from the latest checkpoint up to ``max_failures`` times); for G-Oracle, one
-such run per true group. Writes ``O/model/`` (the exported reward model), ``O/train_summary.json``,
+such run per true group. Each run first chooses its lr on held-out train pairs (``lr=auto``, the
+default; `copl_ray.reward.selection`). A run whose loss did not fall, or that scores the held-out
+pairs near chance, is reported as a WARNING on stderr and ``learned: false`` in metrics.json. Writes ``O/model/`` (the exported reward model), ``O/train_summary.json``,
 ``O/metrics.json`` and ``O/config.yaml``; G-Oracle writes one such folder per group under
 ``O/groups/<group>/`` and an index ``O/g_oracle.json``.
 
@@ -103,6 +105,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     metrics: dict = {"method": cfg.method, "n_seen_users": summary.n_seen_users,
                      "n_train_annotations": summary.n_annotations["train"]}
+    warnings: list[str] = []
     if cfg.method == "g_oracle":
         users = read_table(cfg.dataset, "users")
         groups = sorted({g for g, s in zip(users.column("group").to_pylist(), users.column("split").to_pylist())
@@ -113,10 +116,16 @@ def main(argv=None) -> dict:
         for g, folder in group_folders(groups).items():
             sub = cfg.model_copy(update={"group": g, "output_dir": str(Path(cfg.output_dir) / "groups" / folder)})
             metrics[f"group/{g}"] = _brief(run_trainer(sub, name=f"train_reward_g_oracle_{folder}"))
+            warnings += learning_warnings(metrics[f"group/{g}"], f"group {g}")
             index[g] = f"groups/{folder}"
         Path(cfg.output_dir, "g_oracle.json").write_text(json.dumps({"groups": index}))
     else:
         metrics.update(_brief(run_trainer(cfg, name=f"train_reward_{cfg.method}")))
+        warnings += learning_warnings(metrics)
+    metrics["learned"] = not warnings
+    metrics["warnings"] = warnings
+    for w in warnings:
+        print(f"\n*** WARNING: train_reward: {w} ***\n", file=sys.stderr)
     metrics["wall_seconds"] = time.perf_counter() - t0
     write_resolved_config(cfg, cfg.output_dir)
     write_metrics(metrics, cfg.output_dir)
@@ -124,9 +133,28 @@ def main(argv=None) -> dict:
 
 
 def _brief(summary: dict) -> dict:
-    keys = ("steps", "n_train_pairs", "world_size", "loss_first", "loss_last", "resumed",
+    keys = ("lr", "lr_selection", "steps", "epochs", "steps_reason", "n_train_pairs", "n_val_pairs",
+            "world_size", "loss_first", "loss_last", "loss_fell", "val_accuracy", "resumed",
             "resume_probe_max_abs_diff", "train_seconds_this_attempt")
     return {k: summary.get(k) for k in keys}
+
+
+def learning_warnings(brief: dict, where: str = "") -> list[str]:
+    """Why a run may have learned nothing: the loss did not fall, or the held-out train pairs
+    score at chance. Each is printed to stderr and listed in metrics.json."""
+    out = []
+    tag = f" ({where})" if where else ""
+    if brief.get("loss_fell") is False:
+        out.append(f"training loss did not fall{tag}: {brief['loss_first']:.4f} -> {brief['loss_last']:.4f} "
+                   f"over {brief['steps']} steps at lr {brief['lr']:g}; the model has likely learned nothing "
+                   "(try lr=auto or other lr_candidates, more steps, or check the data)")
+    selection = brief.get("lr_selection") or {}
+    if selection.get("mode") == "fallback":
+        out.append(f"lr not selected{tag}: {selection['why']}")
+    acc = brief.get("val_accuracy")
+    if acc is not None and acc < 0.55:
+        out.append(f"validation accuracy on held-out train pairs is {acc:.3f}{tag}, near chance")
+    return out
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ from copl_ray.data.dataset import write_dataset
 from copl_ray.embeddings import write_embeddings
 
 integration = pytest.mark.integration
-COMMON = ["method=copl", "model.backbone=tiny-llama", "lr=0.003", "max_length=32", "warmup_ratio=0.03"]
+# lr fixed (the auto choice is tested in test_reward_selection.py), min_steps off: the step counts
+# below are the epochs asked for.
+COMMON = ["method=copl", "model.backbone=tiny-llama", "lr=0.003", "max_length=32", "warmup_ratio=0.03",
+          "min_steps=0"]
 
 
 def make_two_group_dataset(root: Path, n_users: int = 100, n_prompts: int = 24, seed: int = 0) -> Path:
@@ -110,7 +113,9 @@ def test_config_names_the_missing_field():
     with pytest.raises(ConfigError, match="gnn_dir"):
         load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "method=copl"])
     cfg = load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "method=uniform"])
-    assert cfg.lr == 5e-5 and cfg.warmup_ratio == 0.03  # paper defaults
+    assert cfg.lr == "auto" and cfg.warmup_ratio == 0.03  # lr chosen on held-out train pairs
+    with pytest.raises(ConfigError, match="val_pairs"):
+        load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "method=uniform", "val_pairs=0"])
     with pytest.raises(ConfigError, match="btach_size"):
         load_config(TrainRewardConfig, overrides=["dataset=d", "output_dir=o", "btach_size=3"])
 
@@ -127,6 +132,10 @@ def test_fsdp_training_lowers_loss_and_resumes(trained):
     assert len(losses) == summary["steps"]  # the curve survives the restart
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
     assert metrics["loss_last"] < metrics["loss_first"]
+    assert metrics["loss_fell"] is True and metrics["learned"] is True and metrics["warnings"] == []
+    assert metrics["lr"] == 0.003 and metrics["lr_selection"]["mode"] == "fixed"
+    assert summary["n_val_pairs"] == 80 and summary["n_train_pairs"] == 720
+    assert summary["val_accuracy"] >= 0.8
 
 
 @integration
@@ -200,3 +209,17 @@ def test_baselines_share_the_harness(trained, tmp_path, method):
         ids, emb = read_embeddings(out / "user_embeddings.parquet")
         assert len(ids) == 100 and emb.shape == (100, 8)
         assert m["unseen"]["available"] is False
+
+
+def test_learning_warnings_flag_a_flat_loss_and_chance_validation():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from jobs.train_reward import learning_warnings
+
+    flat = {"loss_fell": False, "loss_first": 0.6935, "loss_last": 0.6931, "steps": 250, "lr": 5e-5,
+            "val_accuracy": 0.52}
+    warnings = learning_warnings(flat)
+    assert len(warnings) == 2 and "did not fall" in warnings[0] and "chance" in warnings[1]
+    assert learning_warnings({**flat, "loss_fell": True, "val_accuracy": 0.9}) == []
+    assert learning_warnings({**flat, "loss_fell": None, "val_accuracy": None}) == []

@@ -125,19 +125,28 @@ def build_model(cfg) -> tuple[UserConditionedRM, object]:
 
 @dataclass
 class TrainingData:
-    dataset: PairDataset
+    dataset: PairDataset          # pairs trained on
     tokens: TokenTable
-    probe: dict  # a fixed collated batch used to check checkpoint/export fidelity
+    probe: dict                   # a fixed collated batch used to check checkpoint/export fidelity
+    val: PairDataset | None = None  # held-out slice of the *train* split (lr selection, final check)
 
 
 def prepare_training_data(cfg, model: UserConditionedRM, tokenizer) -> TrainingData:
-    """Train pairs of the config's users, tokenized once, as rows into ``model``'s user table."""
+    """Train pairs of the config's users, tokenized once, as rows into ``model``'s user table.
+
+    A seeded slice of them (``cfg.val_pairs``, at most 10%) is held out as ``val``; only the
+    ``train`` split is read, so nothing chosen on it has seen a test label.
+    """
+    from copl_ray.reward.selection import split_validation
+
     group_users = None
     if cfg.method == "g_oracle":
         group_users = list(model.user_ids.ids.to_pylist())
     pairs = load_pairs(cfg.dataset, "train", group_users, cfg.max_pairs, cfg.seed)
     tokens = tokenize_responses(cfg.dataset, list(pairs.chosen_id) + list(pairs.rejected_id), tokenizer, cfg.max_length)
-    dataset = PairDataset.from_pairs(pairs, model.user_ids, tokens)
+    train_rows, val_rows = split_validation(len(pairs), cfg.val_pairs, cfg.seed)
+    dataset = PairDataset.from_pairs(pairs.take(train_rows), model.user_ids, tokens)
+    val = PairDataset.from_pairs(pairs.take(val_rows), model.user_ids, tokens) if len(val_rows) else None
     probe_rows = np.linspace(0, len(dataset) - 1, num=min(4, len(dataset))).astype(int)
     probe = collate_pairs([dataset[int(i)] for i in probe_rows], tokens)
-    return TrainingData(dataset=dataset, tokens=tokens, probe=probe)
+    return TrainingData(dataset=dataset, tokens=tokens, probe=probe, val=val)
