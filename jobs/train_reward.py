@@ -7,7 +7,8 @@ Steps: validate the dataset; run ``TorchTrainer(train_loop_per_worker)`` with ``
 workers (restarting from the latest checkpoint up to ``max_failures`` times); for G-Oracle, one
 such run per true group. Each run first chooses its lr on held-out train pairs (``lr=auto``, the
 default; `copl_ray.reward.selection`). A run whose loss did not fall, or that scores the held-out
-pairs near chance, is reported as a WARNING on stderr and ``learned: false`` in metrics.json. Writes ``O/model/`` (the exported reward model), ``O/train_summary.json``,
+pairs near chance, is reported as a WARNING on stderr and ``learned: false`` in metrics.json.
+Writes ``O/model/`` (the exported reward model), ``O/train_summary.json``,
 ``O/metrics.json`` and ``O/config.yaml``; G-Oracle writes one such folder per group under
 ``O/groups/<group>/`` and an index ``O/g_oracle.json``.
 
