@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
@@ -78,14 +79,14 @@ def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
     row = {"case": case.name, "seed": case.seed, "data": info, "copl": g["gnn_test_accuracy"],
            "copl_selection": {k: g["selection"].get(k) for k in ("chosen", "best_epoch", "val_accuracy")},
            "train_gnn_seconds": time.perf_counter() - t0}
-    # References on the same validation split train_gnn carves (same fraction and seed).
+    # References on the same validation split train_gnn carved (its resolved fraction and seed).
+    ran = yaml.safe_load((gnn / "config.yaml").read_text())
     built = build_graph(data)
     test = index_annotations(data, "test", built.user_map, built.response_map)
-    g_ = built.graph  # score the references on the pairs train_gnn counts: both responses in the graph
-    in_graph = ((g_.degrees(True)[1] + g_.degrees(False)[1]) > 0).numpy()
+    in_graph = built.graph.response_in_graph()  # references score the pairs train_gnn counts
     keep = in_graph[test.chosen] & in_graph[test.rejected]
     test = type(test)(test.user[keep], test.chosen[keep], test.rejected[keep])
-    fit, val = split_validation(built.train, 0.1, 0)
+    fit, val = split_validation(built.train, ran["val_fraction"], ran["seed"])
     n_u, n_r = built.graph.n_users, built.graph.n_responses
     for name, ref in (("shared", fit_shared(n_u, n_r, fit, val, test)),
                       ("free", fit_free(n_u, n_r, fit, val, test)),

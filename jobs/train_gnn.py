@@ -127,7 +127,7 @@ def main(argv=None) -> dict:
         if len(val) == 0:
             fit, val = built.train, None
     g = built.graph if val is None else signed_graph_from_sorted(fit, built.graph.n_users, built.graph.n_responses)
-    response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
+    response_in_graph = g.response_in_graph()
 
     # 3. Train on Ray Train: one run, or one per grid candidate.
     data = {
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
 
     # 4. Final embeddings over the whole train graph (validation edges back in), export, metrics.
     g = built.graph
-    response_in_graph = ((g.degrees(True)[1] + g.degrees(False)[1]) > 0).numpy()
+    response_in_graph = g.response_in_graph()
     model, e_user, e_resp = load_trained_model(cfg_used, result.checkpoint, g)
     acc = gnn_accuracy(e_user, e_resp, test.user, test.chosen, test.rejected, response_in_graph,
                        kind=test.kind, user_group=built.user_group)

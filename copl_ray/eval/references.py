@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from copl_ray.gnn.selection import Score, better
+from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
 __all__ = ["FREE_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups"]
@@ -65,10 +65,6 @@ def _tensors(t: Triples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in (t.user, t.chosen, t.rejected))
 
 
-def _accuracy(margin: torch.Tensor) -> float:
-    return float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()) if margin.numel() else float("nan")
-
-
 def _train(model: _TableScorer, fit: Triples, val: Triples, test: Triples, *, l2: float, lr: float,
            epochs: int, seed: int, remap=None) -> tuple[Score, float, int]:
     """Adam on fit; returns (best validation score, test accuracy at that epoch, that epoch)."""
@@ -87,10 +83,9 @@ def _train(model: _TableScorer, fit: Triples, val: Triples, test: Triples, *, l2
             loss.backward()
             opt.step()
         with torch.no_grad():
-            mv = model.margin(*V)[0]
-            score = Score(_accuracy(mv), float(-nn.functional.logsigmoid(mv).mean()))
+            score = score_margins(model.margin(*V)[0])
             if better(score, best):
-                best, best_test, best_epoch = score, _accuracy(model.margin(*T)[0]), epoch
+                best, best_test, best_epoch = score, score_margins(model.margin(*T)[0]).accuracy, epoch
     return best, best_test, best_epoch
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from copl_ray.graph.build import Triples
 
-__all__ = ["split_validation", "Score", "better", "best_index", "EarlyStopping", "candidate_grid",
+__all__ = ["split_validation", "Score", "score_margins", "better", "best_index", "EarlyStopping", "candidate_grid",
            "GRID_CANDIDATES"]
 
 # Candidate settings tried when the grid is on (`candidate_grid`); the first is the single-run
@@ -74,6 +74,17 @@ class Score:
 
     accuracy: float
     loss: float
+
+
+def score_margins(margin) -> Score:
+    """`Score` of pairs from their margins s_{u,a} - s_{u,b} ([P] tensor): accuracy with ties
+    counted half, mean BTL loss; NaN for no pair."""
+    import torch
+
+    if margin.numel() == 0:
+        return Score(float("nan"), float("nan"))
+    acc = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return Score(acc, float(-torch.nn.functional.logsigmoid(margin).mean()))
 
 
 def better(a: Score, b: Score | None) -> bool:

@@ -549,12 +549,10 @@ def validation_score(e_user: torch.Tensor, e_resp: torch.Tensor, user: np.ndarra
                      rejected: np.ndarray):
     """`Score` (accuracy with ties counted half, mean BTL loss) of validation triples [V] under
     final embeddings e_user [n_users, d], e_resp [n_responses, d]."""
-    from copl_ray.gnn.selection import Score
+    from copl_ray.gnn.selection import score_margins
 
     u, a, b = (torch.from_numpy(np.asarray(x)) for x in (user, chosen, rejected))
-    margin = (e_user[u] * (e_resp[a] - e_resp[b])).sum(-1)
-    acc = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
-    return Score(acc, float(-torch.nn.functional.logsigmoid(margin).mean()))
+    return score_margins((e_user[u] * (e_resp[a] - e_resp[b])).sum(-1))
 
 
 @torch.no_grad()

@@ -98,6 +98,10 @@ class SignedGraph:
         return (torch.bincount(u, minlength=self.n_users),
                 torch.bincount(r, minlength=self.n_responses))
 
+    def response_in_graph(self) -> np.ndarray:
+        """[n_responses] bool: the response has at least one edge (so a trained embedding)."""
+        return ((self.degrees(True)[1] + self.degrees(False)[1]) > 0).numpy()
+
     def edge_norm(self, positive: bool) -> torch.Tensor:
         """Per-edge 1/sqrt(|N_u| |N_r|) over one sign (alpha for +, beta for -), float32 [E]."""
         u, r = (self.pos_user, self.pos_response) if positive else (self.neg_user, self.neg_response)
