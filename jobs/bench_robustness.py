@@ -11,8 +11,12 @@ correlated attributes, label noise 0-10%, dense and sparse 2..12 annotations, op
 3. ``jobs/adapt_users.py dataset=D gnn_dir=G output_dir=A`` with its defaults (CoPL's Eq. 11 beside
    Naive Avg and User Opt, on the unseen users' test pairs);
 4. the references on the same train / validation split (`copl_ray.eval.references`): one shared
-   preference, free embeddings without a graph (dim and L2 tuned on validation), and a learner
-   given the true groups.
+   preference, free embeddings without a graph (dim and L2 tuned on validation), groups inferred
+   from agreement by spectral clustering (no GNN), and a learner given the true groups.
+
+The "+5 over shared" bar cannot be met where no learner can: a case's headroom is what the
+true-groups learner gains over shared, and groups are recoverable from the annotations only where
+the clustering reference (or the GNN) gets near it. The criteria say which cases those are.
 
 Prints one row per case (seen-user test accuracy; unseen accuracy) and the issue-14 criteria;
 writes ``metrics.json`` with every figure and each job's chosen settings.
@@ -34,7 +38,7 @@ from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.latent_suite import LatentCase, generate_latent_dataset  # noqa: E402
-from copl_ray.eval.references import fit_free, fit_shared, fit_true_groups  # noqa: E402
+from copl_ray.eval.references import fit_clusters, fit_free, fit_shared, fit_true_groups  # noqa: E402
 from copl_ray.gnn.selection import split_validation  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations  # noqa: E402
 
@@ -90,6 +94,7 @@ def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
     n_u, n_r = built.graph.n_users, built.graph.n_responses
     for name, ref in (("shared", fit_shared(n_u, n_r, fit, val, test)),
                       ("free", fit_free(n_u, n_r, fit, val, test)),
+                      ("clusters", fit_clusters(n_u, n_r, fit, val, test)),
                       ("true_groups", fit_true_groups(built.user_group, n_r, fit, val, test))):
         row[name], row[f"{name}_settings"] = ref.test_accuracy, ref.settings
     if cfg.adapt:
@@ -109,6 +114,12 @@ def criteria(rows: list[dict]) -> dict:
            "gnn_beats_free_by_3_on_average": bool(np.mean(d_free) >= 3),
            "gnn_beats_free_by_3_on_every_sparse_case": all(d >= 3 for d in sparse) if sparse else None,
            "gnn_beats_shared_by_5_on_every_case": all(d >= 5 for d in d_shared)}
+    # Where even the learner told the true groups gains < 5 over shared, no learner meets that bar.
+    headroom = [100 * (r["true_groups"] - r["shared"]) for r in rows]
+    attainable = [d for d, h in zip(d_shared, headroom) if h >= 5]
+    out.update({"cases_with_true_group_headroom_5": len(attainable), "cases": len(rows),
+                "copl_minus_shared_min_where_headroom_5": min(attainable, default=None),
+                "clusters_minus_shared_max": max(100 * (r["clusters"] - r["shared"]) for r in rows)})
     if all("unseen_copl" in r for r in rows):
         out["adaptation_beats_naive_avg_and_user_opt_every_case"] = all(
             r["unseen_copl"] > max(r["unseen_naive_avg"], r["unseen_user_opt"]) for r in rows)
@@ -133,7 +144,8 @@ def main(argv=None) -> dict:
             row = run_case(case, Path(cfg.output_dir) / f"{case.name}-s{seed}", cfg)
             rows.append(row)
             print(f"[robustness] {row['case']:24s} s{seed} copl {100 * row['copl']:.1f}  free {100 * row['free']:.1f}"
-                  f"  shared {100 * row['shared']:.1f}  true-groups {100 * row['true_groups']:.1f}"
+                  f"  shared {100 * row['shared']:.1f}  clusters {100 * row['clusters']:.1f}"
+                  f"  true-groups {100 * row['true_groups']:.1f}"
                   + (f" | unseen copl {100 * row['unseen_copl']:.1f} naive {100 * row['unseen_naive_avg']:.1f}"
                      f" user_opt {100 * row['unseen_user_opt']:.1f}" if cfg.adapt else "")
                   + f"  ({row['train_gnn_seconds']:.0f} s)", flush=True)

@@ -55,7 +55,7 @@ def test_config_errors_name_the_field():
 def test_true_groups_reference_beats_one_shared_preference_on_opposed_groups(tmp_path):
     import torch
 
-    from copl_ray.eval.references import fit_free, fit_shared, fit_true_groups
+    from copl_ray.eval.references import fit_clusters, fit_free, fit_shared, fit_true_groups
     from copl_ray.graph.build import Triples
     from copl_ray.graph.id_map import IdMap
 
@@ -80,3 +80,6 @@ def test_true_groups_reference_beats_one_shared_preference_on_opposed_groups(tmp
     assert oracle.test_accuracy > 0.85 and oracle.settings["n_groups"] == 2
     assert free.settings["dim"] in (2, 4) and 0 <= free.settings["epoch"] < 5
     assert pc.sum(pc.equal(users.column("split"), "seen")).as_py() == 300
+    # Two opposed groups with 18 annotators per pair: agreement alone recovers them.
+    clusters = fit_clusters(len(um), len(rm), fit, val, test, grid=((4, 2), (4, 3)))
+    assert clusters.test_accuracy > oracle.test_accuracy - 0.03 and clusters.settings["clusters"] in (2, 3)

@@ -7,7 +7,13 @@
   embedding"), its dimension and L2 (Eq. 5's per-batch penalty) tuned on validation from
   ``FREE_GRID``;
 * ``true_groups``: a learner given every user's true group: a score per (group, response). An
-  upper reference for group-structured data (it knows what the others must infer).
+  upper reference for group-structured data (it knows what the others must infer);
+* ``clusters``: groups inferred from the annotations alone, without a GNN: spectral clustering of
+  the signed user-user agreement matrix A = B B^T (B: users x responses, +1 chosen, -1 rejected),
+  then a score per (cluster, response); the eigenvector count and cluster count are chosen on
+  validation. Where it, too, stays near ``shared`` while ``true_groups`` is far above, the groups
+  are not recoverable from this many annotations by such a learner (below the detection threshold
+  of community detection: too few co-annotations per user for this many groups).
 
 Each is trained with Adam on the fit pairs (minibatches of 1024, one thread, no Ray), selected on
 the validation pairs by epoch (and grid point), and reports the test accuracy at the selected point
@@ -19,15 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
 from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
-__all__ = ["FREE_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups"]
+__all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters"]
 
 FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
+CLUSTER_GRID = tuple((k, c) for k in (4, 8) for c in (2, 3, 4, 6))  # (eigenvectors, clusters)
 
 
 @dataclass
@@ -130,3 +138,43 @@ def fit_true_groups(group_of_user: np.ndarray, n_responses: int, fit: Triples, v
 
     v, t, e = _train(model, fit, val, test, l2=0.0, lr=lr, epochs=epochs, seed=seed, remap=remap)
     return Fit(v, t, {"epoch": e, "n_groups": n_groups})
+
+
+def agreement_spectrum(n_users: int, n_responses: int, fit: Triples, k: int, seed: int = 0) -> np.ndarray:
+    """[n_users, k] row-normalised top eigenvectors of D^-1/2 (B B^T - diag) D^-1/2.
+
+    B [n_users, n_responses] holds +1 at (u, chosen) and -1 at (u, rejected), so (B B^T)[u, v] is
+    the number of times u and v chose alike minus the times they chose apart.
+    """
+    from scipy.sparse.linalg import eigsh
+
+    rows = np.concatenate([fit.user, fit.user])
+    cols = np.concatenate([fit.chosen, fit.rejected])
+    vals = np.repeat([1.0, -1.0], len(fit.user))
+    b = sp.csr_matrix((vals, (rows, cols)), shape=(n_users, n_responses))
+    a = (b @ b.T).tocsr()
+    a.setdiag(0)
+    a.eliminate_zeros()
+    d = sp.diags((np.asarray(abs(a).sum(1)).ravel() + 1.0) ** -0.5)  # +1: isolated users stay finite
+    v0 = np.random.default_rng(seed).normal(size=n_users)  # eigsh's start vector: reproducible
+    _, vec = eigsh(d @ a @ d, k=min(k, n_users - 2), which="LA", v0=v0)
+    return vec / (np.linalg.norm(vec, axis=1, keepdims=True) + 1e-12)
+
+
+def fit_clusters(n_users: int, n_responses: int, fit: Triples, val: Triples, test: Triples,
+                 grid=CLUSTER_GRID, seed: int = 0) -> Fit:
+    """Groups inferred from agreement (spectral + k-means), a score per (cluster, response)."""
+    from sklearn.cluster import KMeans
+
+    best = None
+    for k in sorted({k for k, _ in grid}):
+        emb = agreement_spectrum(n_users, n_responses, fit, k, seed)
+        for kk, n_clusters in grid:
+            if kk != k:
+                continue
+            labels = KMeans(n_clusters, n_init=4, random_state=seed).fit_predict(emb)
+            f = fit_true_groups(labels, n_responses, fit, val, test, seed=seed)
+            if best is None or better(f.val, best.val):
+                best = Fit(f.val, f.test_accuracy, {"eigenvectors": k, "clusters": n_clusters,
+                                                   "epoch": f.settings["epoch"]})
+    return best
