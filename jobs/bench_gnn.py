@@ -27,7 +27,6 @@ Figures go to ``output_dir/metrics.json``; generated datasets are kept under ``o
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import subprocess
@@ -41,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+from copl_ray.runtime import init_ray, load_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,13 +71,6 @@ class BenchGNNConfig(JobConfig):
     scale_steps: int = Field(30, ge=2)
 
 
-def _train_job():
-    spec = importlib.util.spec_from_file_location("_train_gnn", ROOT / "jobs" / "train_gnn.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _dataset(path: str | None, n_users: int, out: Path) -> Path:
     if path is not None:
         return Path(path)
@@ -104,7 +97,7 @@ _SPEED_ONLY = ("val_fraction=0", "grid=false")
 
 def bench_speed(cfg: BenchGNNConfig, out: Path) -> dict:
     dataset = _dataset(cfg.speed_dataset, cfg.speed_n_users, out)
-    job = _train_job()
+    job = load_job("train_gnn")
     runs = {}
     for mode in ("sampled", "full"):
         m = job.main([f"dataset={dataset}", f"output_dir={out / f'speed_{mode}'}", f"mode={mode}",
@@ -161,7 +154,7 @@ def _edge_work(cfg: BenchGNNConfig, dataset: Path) -> dict:
 
 def bench_speed_scaling(cfg: BenchGNNConfig, out: Path) -> dict:
     """Per-step wall and CPU seconds of sampled vs full-graph training at each size."""
-    job = _train_job()
+    job = load_job("train_gnn")
     rows = {}
     for n_users in cfg.speed_scaling_n_users:
         dataset = _dataset(None, n_users, out)
@@ -245,7 +238,7 @@ def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
 
 def accuracy_table(cfg: BenchGNNConfig, out: Path) -> dict:
     """jobs/train_gnn.py per dataset x model, same splits and metric; prints one table."""
-    job = _train_job()
+    job = load_job("train_gnn")
     table = {}
     for dataset in cfg.accuracy_datasets:
         name = Path(dataset).name
@@ -272,7 +265,7 @@ def main(argv=None) -> dict:
     cfg = parse_job_args(BenchGNNConfig, argv)
     out = Path(cfg.output_dir)
     write_resolved_config(cfg, out)
-    _train_job()._init_ray()
+    init_ray()
     metrics = {}
     if cfg.part in ("all", "speed"):
         metrics["speed"] = bench_speed(cfg, out)

@@ -24,8 +24,6 @@ writes ``metrics.json`` with every figure and each job's chosen settings.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ from copl_ray.data.latent_suite import LatentCase, generate_latent_dataset  # no
 from copl_ray.eval.references import fit_clusters, fit_free, fit_shared, fit_true_groups  # noqa: E402
 from copl_ray.gnn.selection import split_validation  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations  # noqa: E402
+from copl_ray.runtime import init_ray, load_job  # noqa: E402
 
 DEFAULT_SUITE: list[dict] = [
     dict(name="g2_even_dense", n_groups=2, label_noise=0.0),
@@ -68,18 +67,11 @@ class BenchRobustnessConfig(JobConfig):
     train_overrides: list[str] = Field(default_factory=list, description="extra key=value for train_gnn (none = defaults)")
 
 
-def _load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"_job_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
     data, gnn, adapt = root / "data", root / "gnn", root / "adapt"
     info = generate_latent_dataset(case, data)
     t0 = time.perf_counter()
-    g = _load_job("train_gnn").main([f"dataset={data}", f"output_dir={gnn}", *cfg.train_overrides])
+    g = load_job("train_gnn").main([f"dataset={data}", f"output_dir={gnn}", *cfg.train_overrides])
     row = {"case": case.name, "seed": case.seed, "data": info, "copl": g["gnn_test_accuracy"],
            "copl_selection": {k: g["selection"].get(k) for k in ("chosen", "best_epoch", "val_accuracy")},
            "train_gnn_seconds": time.perf_counter() - t0}
@@ -98,7 +90,7 @@ def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
                       ("true_groups", fit_true_groups(built.user_group, n_r, fit, val, test))):
         row[name], row[f"{name}_settings"] = ref.test_accuracy, ref.settings
     if cfg.adapt:
-        a = _load_job("adapt_users").main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={adapt}"])
+        a = load_job("adapt_users").main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={adapt}"])
         for method, m in a["methods"].items():
             row[f"unseen_{method}"] = m["unseen_accuracy_in_graph"]
     return row
@@ -129,11 +121,7 @@ def criteria(rows: list[dict]) -> dict:
 def main(argv=None) -> dict:
     cfg = parse_job_args(BenchRobustnessConfig, argv)
     write_resolved_config(cfg, cfg.output_dir)
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(configure_logging=False, log_to_driver=False)
+    init_ray()
     import torch
 
     torch.set_num_threads(1)  # references: tiny tensors, one thread (the jobs' workers set their own)

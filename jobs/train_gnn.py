@@ -13,7 +13,6 @@ propagation, export the gnn_dir (docs/ARCHITECTURE.md) and write ``metrics.json`
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,20 +27,11 @@ from copl_ray.gnn.export import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
+from copl_ray.runtime import init_ray  # noqa: E402
 
 # Keys the grid varies; an explicitly set one stays as given (each set goes together: the layer
 # kind is transform + activation + target-edge masking, the depth is num_layers + fanouts).
 _GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"}, {"transform", "activation", "exclude_target_edges"})
-
-
-def _init_ray():
-    import ray
-
-    if not ray.is_initialized():
-        # Under `ray job submit` this joins the cluster; alone it starts a local instance.
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(configure_logging=False, log_to_driver=False)
-    return ray
 
 
 def _accuracy_metrics(prefix: str, acc: dict, split: str) -> dict:
@@ -114,7 +104,7 @@ def main(argv=None) -> dict:
         if cfg.validate_input:
             validate_dataset(cfg.dataset)
         seconds_validate = time.perf_counter() - t0
-        ray = _init_ray()
+        ray = init_ray()
         built = build_graph(cfg.dataset, holdout_fraction=cfg.holdout_fraction, seed=cfg.seed)
         t0 = time.perf_counter()
         test = index_annotations(cfg.dataset, "test", built.user_map, built.response_map, with_kind=True)
