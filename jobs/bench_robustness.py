@@ -36,9 +36,7 @@ from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.latent_suite import LatentCase, generate_latent_dataset  # noqa: E402
-from copl_ray.eval.references import fit_clusters, fit_free, fit_shared, fit_true_groups  # noqa: E402
-from copl_ray.gnn.selection import split_validation  # noqa: E402
-from copl_ray.graph.build import build_graph, index_annotations  # noqa: E402
+from copl_ray.eval.references import fit_references  # noqa: E402
 from copl_ray.runtime import init_ray, load_job  # noqa: E402
 
 DEFAULT_SUITE: list[dict] = [
@@ -77,17 +75,7 @@ def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
            "train_gnn_seconds": time.perf_counter() - t0}
     # References on the same validation split train_gnn carved (its resolved fraction and seed).
     ran = yaml.safe_load((gnn / "config.yaml").read_text())
-    built = build_graph(data)
-    test = index_annotations(data, "test", built.user_map, built.response_map)
-    in_graph = built.graph.response_in_graph()  # references score the pairs train_gnn counts
-    keep = in_graph[test.chosen] & in_graph[test.rejected]
-    test = type(test)(test.user[keep], test.chosen[keep], test.rejected[keep])
-    fit, val = split_validation(built.train, ran["val_fraction"], ran["seed"])
-    n_u, n_r = built.graph.n_users, built.graph.n_responses
-    for name, ref in (("shared", fit_shared(n_u, n_r, fit, val, test)),
-                      ("free", fit_free(n_u, n_r, fit, val, test)),
-                      ("clusters", fit_clusters(n_u, n_r, fit, val, test)),
-                      ("true_groups", fit_true_groups(built.user_group, n_r, fit, val, test))):
+    for name, ref in fit_references(data, ran["val_fraction"], ran["seed"]).items():
         row[name], row[f"{name}_settings"] = ref.test_accuracy, ref.settings
     if cfg.adapt:
         a = load_job("adapt_users").main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={adapt}"])

@@ -32,7 +32,8 @@ from torch import nn
 from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
-__all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters"]
+__all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters",
+           "REFERENCES", "fit_references"]
 
 FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
 CLUSTER_GRID = tuple((k, c) for k in (4, 8) for c in (2, 3, 4, 6))  # (eigenvectors, clusters)
@@ -178,3 +179,28 @@ def fit_clusters(n_users: int, n_responses: int, fit: Triples, val: Triples, tes
                 best = Fit(f.val, f.test_accuracy, {"eigenvectors": k, "clusters": n_clusters,
                                                    "epoch": f.settings["epoch"]})
     return best
+
+
+REFERENCES = ("shared", "free", "clusters", "true_groups")
+
+
+def fit_references(dataset, val_fraction: float, seed: int, which=REFERENCES) -> dict[str, Fit]:
+    """The references ``which`` on a dataset, on the validation split ``train_gnn`` carves with
+    (``val_fraction``, ``seed``) and scored on the seen test pairs it scores (both responses in the
+    training graph). ``true_groups`` is left out when ``users.group`` names no group."""
+    from copl_ray.gnn.selection import split_validation
+    from copl_ray.graph.build import build_graph, index_annotations
+
+    built = build_graph(dataset)
+    test = index_annotations(dataset, "test", built.user_map, built.response_map)
+    in_graph = built.graph.response_in_graph()
+    keep = in_graph[test.chosen] & in_graph[test.rejected]
+    test = type(test)(test.user[keep], test.chosen[keep], test.rejected[keep])
+    fit, val = split_validation(built.train, val_fraction, seed)
+    n_u, n_r = built.graph.n_users, built.graph.n_responses
+    fits = {"shared": lambda: fit_shared(n_u, n_r, fit, val, test),
+            "free": lambda: fit_free(n_u, n_r, fit, val, test),
+            "clusters": lambda: fit_clusters(n_u, n_r, fit, val, test),
+            "true_groups": lambda: fit_true_groups(built.user_group, n_r, fit, val, test)}
+    has_groups = any(g is not None for g in built.user_group)
+    return {name: fits[name]() for name in which if name != "true_groups" or has_groups}
