@@ -15,7 +15,6 @@ accuracy by kind, by group, per-user distribution and minority users), ``config.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,18 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, read_table, validate_dataset  # noqa: E402
-from copl_ray.embeddings import read_embeddings  # noqa: E402
 from copl_ray.eval import plots  # noqa: E402
 from copl_ray.eval.reward_metrics import accuracy_report, pair_correct, score_pairs  # noqa: E402
 from copl_ray.graph.id_map import IdMap  # noqa: E402
-from copl_ray.reward.baselines import LEARNED_USERS_FILE, UserConditionedRM  # noqa: E402
-from copl_ray.reward.data import PairDataset, PairTable, load_pairs, load_user_table, tokenize_responses  # noqa: E402
-from copl_ray.reward import train as reward_train  # noqa: E402  (module import: one JobConfig here)
+from copl_ray.reward.artifacts import RewardDir, load_reward_dir  # noqa: E402
+from copl_ray.reward.baselines import UserConditionedRM  # noqa: E402
+from copl_ray.reward.data import PairDataset, PairTable, load_pairs, tokenize_responses  # noqa: E402
+from copl_ray.reward.encoding import TextEncoding  # noqa: E402
 
 
 class EvaluateConfig(JobConfig):
@@ -54,39 +52,18 @@ class EvaluateConfig(JobConfig):
     seed: int = 0
 
 
-def _train_config(reward_dir: Path) -> "reward_train.TrainRewardConfig":
-    path = reward_dir / "config.yaml"
-    if not path.is_file():
-        raise SystemExit(f"error: {path} not found: reward_dir must be a jobs/train_reward.py output")
-    return reward_train.TrainRewardConfig.model_validate(yaml.safe_load(path.read_text()))
-
-
-def _models(cfg: EvaluateConfig, train) -> dict:
+def _models(cfg: EvaluateConfig, rd: RewardDir) -> dict:
     """{group or None: UserConditionedRM} with user tables covering every user it can score."""
-    from copl_ray.reward.model import load_reward_model
-
-    reward_dir = Path(cfg.reward_dir)
+    table = rd.user_table(cfg.gnn_dir, cfg.adapt_dir)
+    if table is not None:
+        return {g: UserConditionedRM(rm, table.index, table.emb, False) for g, rm in rd.models.items()}
+    # Uniform / G-Oracle ignore the user: a zero table over the dataset's users keeps one harness.
     users = read_table(cfg.dataset, "users")
     all_ids = IdMap(users.column("user_id").combine_chunks())
-    if train.method == "g_oracle":
-        index = json.loads((reward_dir / "g_oracle.json").read_text())["groups"]
-        out = {}
-        for group, sub in index.items():
-            rm = load_reward_model(reward_dir / sub / "model")
-            out[group] = UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), 1), False)
-        return out
-    rm = load_reward_model(reward_dir / "model")
-    if train.method == "uniform":
-        return {None: UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), 1), False)}
-    if train.method == "no_gnn":
-        ids, emb = read_embeddings(reward_dir / LEARNED_USERS_FILE, "user_id")
-        return {None: UserConditionedRM(rm, IdMap(ids), torch.from_numpy(emb), False)}
-    gnn_dir = cfg.gnn_dir or train.gnn_dir
-    table = load_user_table(gnn_dir, cfg.adapt_dir)
-    return {None: UserConditionedRM(rm, table.index, table.emb, False)}
+    return {g: UserConditionedRM(rm, all_ids, torch.zeros(len(all_ids), 1), False) for g, rm in rd.models.items()}
 
 
-def _score_split(cfg, models, pairs: PairTable, max_length: int) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+def _score_split(cfg, models, pairs: PairTable, encoding: TextEncoding) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """(correct [N], expert_index [N, ...] or None, reason-if-unavailable)."""
     correct = np.zeros(len(pairs), dtype=bool)
     experts = None
@@ -100,7 +77,7 @@ def _score_split(cfg, models, pairs: PairTable, max_length: int) -> tuple[np.nda
             missing = sub.user_id[~known][0]
             return correct, None, f"no embedding for user {missing!r} ({int((~known).sum())} pairs)"
         tokens = tokenize_responses(cfg.dataset, list(sub.chosen_id) + list(sub.rejected_id),
-                                    model.rm.tokenizer, max_length)
+                                    model.rm.tokenizer, encoding=encoding)
         chosen, rejected, exp = score_pairs(model, PairDataset.from_pairs(sub, model.user_ids, tokens),
                                             tokens, cfg.batch_size)
         correct[sel] = pair_correct(chosen, rejected)
@@ -118,15 +95,17 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     with exit_on_dataset_error():  # a bad row named by file, row and field, not a lookup error while scoring
         validate_dataset(cfg.dataset)
-    train = _train_config(Path(cfg.reward_dir))
-    max_length = cfg.max_length or train.max_length
-    models = _models(cfg, train)
+    try:
+        rd = load_reward_dir(cfg.reward_dir, max_length=cfg.max_length)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: reward_dir: {exc}") from None
+    models = _models(cfg, rd)
     out = Path(cfg.output_dir)
-    metrics: dict = {"method": train.method}
+    metrics: dict = {"method": rd.method}
 
     seen = load_pairs(cfg.dataset, "test", max_pairs=cfg.max_pairs, seed=cfg.seed)
     reference = _concat(load_pairs(cfg.dataset, "train"), load_pairs(cfg.dataset, "test"))
-    correct, experts, reason = _score_split(cfg, models, seen, max_length)
+    correct, experts, reason = _score_split(cfg, models, seen, rd.encoding)
     if reason:
         raise SystemExit(f"error: cannot score seen users: {reason}")
     metrics["seen"] = accuracy_report(correct, seen, reference)
@@ -135,16 +114,16 @@ def main(argv=None) -> dict:
     unseen_users = _unseen_users(cfg.dataset)
     if not unseen_users:
         metrics["unseen"] = {"available": False, "reason": "the dataset has no unseen users"}
-    elif train.method in ("copl", "no_mole") and cfg.adapt_dir is None:
+    elif rd.method in ("copl", "no_mole") and cfg.adapt_dir is None:
         metrics["unseen"] = {"available": False,
                              "reason": "no adapt_dir: unseen users' embeddings come from jobs/adapt_users.py"}
-    elif train.method == "no_gnn":
+    elif rd.method == "no_gnn":
         metrics["unseen"] = {"available": False,
                              "reason": "w/o GNN learns embeddings of seen users only; unseen users have none"}
     else:
         unseen = load_pairs(cfg.dataset, "test_unseen", max_pairs=cfg.max_pairs, seed=cfg.seed)
         ref_u = _concat(load_pairs(cfg.dataset, "fewshot", allow_empty=True), load_pairs(cfg.dataset, "test_unseen"))
-        u_correct, _, reason = _score_split(cfg, models, unseen, max_length)
+        u_correct, _, reason = _score_split(cfg, models, unseen, rd.encoding)
         metrics["unseen"] = {"available": False, "reason": reason} if reason else \
             {"available": True, **accuracy_report(u_correct, unseen, ref_u)}
     metrics["unseen_accuracy"] = metrics["unseen"].get("accuracy")

@@ -9,7 +9,8 @@ such run per true group. Each run first chooses its lr on held-out train pairs (
 default; `copl_ray.reward.selection`). A run whose loss did not fall, or that scores the held-out
 pairs near chance, is reported as a WARNING on stderr and ``learned: false`` in metrics.json.
 Writes ``O/model/`` (the exported reward model), ``O/train_summary.json``,
-``O/metrics.json`` and ``O/config.yaml``; G-Oracle writes one such folder per group under
+``O/metrics.json``, ``O/config.yaml`` and ``O/reward_dir.json`` (method, gnn_dir, text encoding:
+what `copl_ray.reward.artifacts.load_reward_dir` reads); G-Oracle writes one such folder per group under
 ``O/groups/<group>/`` and an index ``O/g_oracle.json``.
 
 On a multi-node cluster ``output_dir`` must be storage that rank 0's node can write and the
@@ -33,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import read_embeddings  # noqa: E402
-from copl_ray.reward.train import TrainRewardConfig, train_loop_per_worker  # noqa: E402
+from copl_ray.reward.artifacts import write_manifest  # noqa: E402
+from copl_ray.reward.train import TrainRewardConfig, text_encoding, train_loop_per_worker  # noqa: E402
 
 
 def run_trainer(cfg: TrainRewardConfig, name: str) -> dict:
@@ -121,8 +123,12 @@ def main(argv=None) -> dict:
             index[g] = f"groups/{folder}"
         Path(cfg.output_dir, "g_oracle.json").write_text(json.dumps({"groups": index}))
     else:
+        index = None
         metrics.update(_brief(run_trainer(cfg, name=f"train_reward_{cfg.method}")))
         warnings += learning_warnings(metrics)
+    # What the folder holds, for evaluate and serving (copl_ray.reward.artifacts.load_reward_dir).
+    write_manifest(cfg.output_dir, cfg.method, cfg.gnn_dir if cfg.method in ("copl", "no_mole") else None,
+                   text_encoding(cfg), index)
     metrics["learned"] = not warnings
     metrics["warnings"] = warnings
     for w in warnings:

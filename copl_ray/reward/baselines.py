@@ -143,7 +143,10 @@ def prepare_training_data(cfg, model: UserConditionedRM, tokenizer) -> TrainingD
     if cfg.method == "g_oracle":
         group_users = list(model.user_ids.ids.to_pylist())
     pairs = load_pairs(cfg.dataset, "train", group_users, cfg.max_pairs, cfg.seed)
-    tokens = tokenize_responses(cfg.dataset, list(pairs.chosen_id) + list(pairs.rejected_id), tokenizer, cfg.max_length)
+    from copl_ray.reward.train import text_encoding
+
+    tokens = tokenize_responses(cfg.dataset, list(pairs.chosen_id) + list(pairs.rejected_id), tokenizer,
+                                encoding=text_encoding(cfg))
     train_rows, val_rows = split_validation(len(pairs), cfg.val_pairs, cfg.seed)
     dataset = PairDataset.from_pairs(pairs.take(train_rows), model.user_ids, tokens)
     val = PairDataset.from_pairs(pairs.take(val_rows), model.user_ids, tokens) if len(val_rows) else None

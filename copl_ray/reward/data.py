@@ -2,7 +2,8 @@
 
 A pair is (user, chosen response, rejected response). The text the reward model reads for a
 response is the CoPL format ``"Human: " + prompt + " Assistant: " + response`` (the official
-code's ``datagen_tldr.py``), so the reward is r(user, prompt, response) (paper Eq. 5-7).
+code's ``datagen_tldr.py``; `copl_ray.reward.encoding.TextEncoding`, saved with the model), so
+the reward is r(user, prompt, response) (paper Eq. 5-7).
 
 Every distinct response text is tokenized once (`TokenTable`); pairs only hold indices into it,
 so a dataset of 100k pairs over 20k responses costs 20k tokenizations, not 200k. User embeddings
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 from copl_ray.data.dataset import DatasetError, read_annotations, read_table
 from copl_ray.embeddings import read_embeddings
 from copl_ray.graph.id_map import IdMap
+from copl_ray.reward.encoding import TextEncoding, pad_id_of, pad_right
 
 __all__ = [
     "PairTable", "TokenTable", "UserTable", "PairDataset", "load_pairs", "load_user_table",
@@ -121,35 +123,21 @@ class TokenTable:
 
 
 def tokenize_responses(
-    dataset: str | os.PathLike, response_ids: Sequence[str], tokenizer, max_length: int
+    dataset: str | os.PathLike, response_ids: Sequence[str], tokenizer, max_length: int | None = None,
+    encoding: TextEncoding | None = None,
 ) -> TokenTable:
-    """Tokenize each distinct response once as ``"Human: {prompt}"`` + ``" Assistant: {response}"``.
-
-    The two parts go to the tokenizer as a text pair truncated ``only_first``: when a long prompt
-    (a Reddit post) does not fit, the prompt is cut, never the response the reward judges. Only a
-    response that leaves fewer than 8 prompt tokens is itself cut (``longest_first``).
-    """
-    if max_length < 16:
-        raise ValueError(f"max_length must be >= 16, got {max_length}")
+    """Tokenize each distinct response once with `TextEncoding.encode` (``"Human: {prompt}"`` +
+    ``" Assistant: {response}"``, the prompt cut first); ``encoding`` default: the standard
+    template at ``max_length``."""
+    if encoding is None:
+        if max_length is None:
+            raise ValueError("tokenize_responses needs max_length or encoding")
+        encoding = TextEncoding(max_length=max_length)
     unique = list(dict.fromkeys(response_ids))
     p_text, r_text = response_texts(dataset, unique)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("tokenizer has neither pad_token_id nor eos_token_id")
-    first = [f"Human: {p}" for p in p_text]
-    second = [f" Assistant: {r}" for r in r_text]
-    r_len = np.array([len(x) for x in tokenizer(second, add_special_tokens=False)["input_ids"]])
-    fits = r_len + tokenizer.num_special_tokens_to_add(pair=True) + 8 <= max_length
-    ids: list = [None] * len(unique)
-    for mask, how in ((fits, "only_first"), (~fits, "longest_first")):
-        rows = np.flatnonzero(mask)
-        if rows.size == 0:
-            continue
-        enc = tokenizer([first[i] for i in rows], [second[i] for i in rows], truncation=how,
-                        max_length=max_length, padding=False)
-        for i, x in zip(rows, enc["input_ids"]):
-            ids[i] = torch.tensor(x, dtype=torch.long)
-    return TokenTable(index=IdMap(unique), ids=ids, pad_id=int(pad))
+    pad = pad_id_of(tokenizer)
+    ids = encoding.encode(tokenizer, p_text, r_text)
+    return TokenTable(index=IdMap(unique), ids=ids, pad_id=pad)
 
 
 @dataclass
@@ -232,11 +220,5 @@ def collate_pairs(items: list[tuple[int, int, int]], tokens: TokenTable) -> dict
     """
     users = torch.tensor([it[0] for it in items], dtype=torch.long)
     rows = [it[1] for it in items] + [it[2] for it in items]
-    seqs = [tokens.ids[r] for r in rows]
-    length = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), length), tokens.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
+    input_ids, mask = pad_right([tokens.ids[r] for r in rows], tokens.pad_id)
     return {"input_ids": input_ids, "attention_mask": mask, "user_index": torch.cat([users, users])}

@@ -26,7 +26,8 @@ path) and is exported in peft's format rather than trained through peft.
 
 Saved layout (`save_reward_model`)::
 
-    reward_model.json       format_version, RewardModelConfig, backbone reference, fingerprint
+    reward_model.json       format_version, RewardModelConfig, backbone reference, fingerprint,
+                            text encoding (template + max_length; format 2, absent in format 1)
     adapters.safetensors    every tensor outside the frozen backbone (adapters, gates, head, ...)
     peft/                   lora mode only: adapter_config.json + adapter_model.safetensors
 """
@@ -45,14 +46,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from copl_ray.reward.backbones import default_targets, is_encoder, load_backbone, load_tokenizer
+from copl_ray.reward.encoding import TextEncoding, pad_id_of, pad_right
 from copl_ray.reward.gate import UserGate, expert_mask
 from copl_ray.reward.losses import load_balancing_loss
 from copl_ray.reward.mole import MoLELinear, RoutingContext
 
 __all__ = ["RewardModelConfig", "RewardOutput", "PersonalRewardModel", "build_tokenizer",
-           "save_reward_model", "load_reward_model", "score", "FORMAT_VERSION"]
+           "save_reward_model", "load_reward_model", "score", "score_responses", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: reward_model.json carries the text encoding ("encoding"); 1 (no encoding) still loads.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 DEFAULT_RANK = {"mole": 8, "lora": 64, "user_token": 64}
 
 
@@ -137,6 +141,9 @@ class PersonalRewardModel(nn.Module):
         self.pooling = cfg.pooling if cfg.pooling != "auto" else ("mean" if self.encoder else "last")
         self._frozen_names = {n for n, _ in self.backbone.named_parameters()}
         self.routing = RoutingContext()
+        # How texts become input ids: set by training (saved with the model) or by loading a
+        # format-2 file; None for a format-1 file (the caller then names the max_length).
+        self.encoding: TextEncoding | None = None
         hidden = config.hidden_size
         dtype = next(self.backbone.parameters()).dtype
 
@@ -276,8 +283,12 @@ def _canonical(name: str) -> str:
 _ADAPTERS, _META = "adapters.safetensors", "reward_model.json"
 
 
-def save_reward_model(model: PersonalRewardModel, directory: str | os.PathLike) -> Path:
+def save_reward_model(model: PersonalRewardModel, directory: str | os.PathLike,
+                      encoding: TextEncoding | None = None) -> Path:
     """Write adapters + gate(s) + head as safetensors and ``reward_model.json``; never the backbone.
+
+    ``encoding`` (default: ``model.encoding``) is the template and truncation the model was trained
+    with; it is stored so every reader encodes texts the same way.
 
     The backbone is stored as a reference: its name or local path, and for random (tiny) backbones
     their config and seed, from which `load_backbone` re-creates them bit for bit; the fingerprint
@@ -294,6 +305,9 @@ def save_reward_model(model: PersonalRewardModel, directory: str | os.PathLike) 
     meta = {"format_version": FORMAT_VERSION, "config": model.cfg.model_dump(mode="json"),
             "backbone": source, "adapted_modules": model.adapted,
             "backbone_fingerprint": model.backbone_state_fingerprint() if source["kind"] != "local" else None}
+    encoding = encoding or model.encoding
+    if encoding is not None:
+        meta["encoding"] = encoding.model_dump(mode="json")
     (out / _META).write_text(json.dumps(meta, indent=1))
     if model.cfg.mode == "lora":
         from copl_ray.reward.peft_io import save_peft_adapter
@@ -311,9 +325,12 @@ def load_reward_model(directory: str | os.PathLike, map_location: str | torch.de
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: not a save_reward_model directory")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_FORMATS:
+        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected one of "
+                         f"{READABLE_FORMATS}")
     model = PersonalRewardModel(RewardModelConfig.model_validate(meta["config"]))
+    if meta.get("encoding") is not None:
+        model.encoding = TextEncoding.model_validate(meta["encoding"])
     expected_fp = meta.get("backbone_fingerprint")
     if expected_fp is not None and model.backbone_state_fingerprint() != expected_fp:
         raise ValueError(f"{meta_path}: backbone {meta['config']['backbone']!r} rebuilt here differs from "
@@ -341,3 +358,24 @@ def score(model: PersonalRewardModel, tokenizer, texts: list[str], user_emb: tor
                     None if user_emb is None else user_emb.to(device))
     model.train(was_training)
     return out.rewards.cpu()
+
+
+def score_responses(model: PersonalRewardModel, prompts: list[str], responses: list[str],
+                    user_emb: torch.Tensor | None, encoding: TextEncoding | None = None) -> torch.Tensor:
+    """Rewards [B] (float32, CPU) of (prompt, response) pairs for users ``user_emb`` [B, d_u], read
+    exactly as training read them (``encoding``, default ``model.encoding``), one batched pass."""
+    encoding = encoding or model.encoding
+    if encoding is None:
+        raise ValueError("the model carries no text encoding (format-1 file): pass encoding=")
+    if user_emb is not None and len(responses) != user_emb.shape[0]:
+        raise ValueError(f"{len(responses)} responses but user_emb has {user_emb.shape[0]} rows")
+    if not responses:
+        return torch.empty(0)
+    ids, mask = pad_right(encoding.encode(model.tokenizer, prompts, responses), pad_id_of(model.tokenizer))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = model(ids.to(device), mask.to(device), None if user_emb is None else user_emb.to(device))
+    model.train(was_training)
+    return out.rewards.float().cpu()

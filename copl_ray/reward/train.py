@@ -109,6 +109,13 @@ class TrainRewardConfig(JobConfig):
 # ----------------------------------------------------------------------------- helpers
 
 
+def text_encoding(cfg: TrainRewardConfig):
+    """The template and truncation a run trains with (saved with its model)."""
+    from copl_ray.reward.encoding import TextEncoding
+
+    return TextEncoding(max_length=cfg.max_length)
+
+
 def shard_model(model: torch.nn.Module, device_type: str, world: int, bf16: bool) -> torch.nn.Module:
     """FSDP2: shard each backbone block (HF ``_no_split_modules``), then the root."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -345,7 +352,7 @@ def train_loop_per_worker(config: dict) -> None:
             raise RuntimeError(f"gathered state lacks trainable tensors {missing[:5]}")
         plain.load_state_dict(full, strict=False)
         out_dir = Path(cfg.output_dir)
-        save_reward_model(plain.rm, out_dir / "model")
+        save_reward_model(plain.rm, out_dir / "model", encoding=text_encoding(cfg))
         plain.export_users(out_dir)
         torch.save(data.probe, out_dir / "probe_batch.pt")
         summary = {
