@@ -1,0 +1,245 @@
+"""The whole CoPL pipeline as one job: data -> GNN -> adaptation -> reward models -> evaluation -> report.
+
+    python jobs/pipeline.py output_dir=O                                     # synthetic tldr, defaults
+    python jobs/pipeline.py output_dir=O dataset=D                           # a contract dataset
+    python jobs/pipeline.py --config configs/pipeline/demo.yaml output_dir=O
+    ray job submit --working-dir . -- python jobs/pipeline.py output_dir=O dataset=D
+
+Stages (each is the job of that name, run in this process exactly as ``python jobs/<job>.py`` runs
+it, into ``O/<stage>/``):
+
+1. ``data``: ``make_synthetic`` with the keys under ``synthetic`` (skipped when ``dataset`` is given);
+2. ``gnn``: ``train_gnn`` (keys under ``train_gnn``), then the GNN-level references on its
+   validation split (one shared preference; free embeddings without a graph, tuned; groups from
+   agreement clustering; the true groups where the dataset names them);
+3. ``adapt``: ``adapt_users`` on the unseen users (CoPL Eq. 11 beside Naive Avg and User Opt);
+4. ``reward_<method>`` for each of ``methods`` (``copl``, ``uniform``, ``no_gnn``, ...): ``train_reward``;
+5. ``eval_<method>``: ``evaluate`` of that reward model on seen and unseen users;
+6. the report: ``O/metrics.json`` (every stage's figures and seconds), ``O/report.md`` (the tables)
+   and the plots copied next to it.
+
+A stage's keys are a mapping of that job's ``key: value``; the key ``config`` names a YAML file for
+its ``--config``. A stage is skipped when its ``metrics.json`` exists and its fingerprint (its
+arguments, the content of its config file and the fingerprints of the stages it reads) matches the
+one recorded when it finished, so a failed or interrupted run resumes at the stage that failed and a
+changed key reruns that stage and everything downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+from pydantic import Field, field_validator  # noqa: E402
+
+from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+from copl_ray.runtime import init_ray, load_job  # noqa: E402
+
+STAGE_FILE = "pipeline_stage.json"
+REWARD_METHODS = ("copl", "uniform", "no_gnn", "no_mole", "g_oracle")
+
+
+class PipelineConfig(JobConfig):
+    """jobs/pipeline.py: every stage of CoPL, resumable, with one report."""
+
+    output_dir: str = "runs/pipeline"
+    dataset: str | None = Field(None, description="a contract dataset; none: make_synthetic with `synthetic`")
+    synthetic: dict = Field(default_factory=lambda: {"preset": "tldr", "n_users": 1000},
+                            description="make_synthetic keys (when dataset is not given)")
+    train_gnn: dict = Field(default_factory=dict, description="train_gnn keys (none: its defaults)")
+    references: bool = Field(True, description="GNN-level references on train_gnn's validation split")
+    adapt_users: dict = Field(default_factory=dict, description="adapt_users keys")
+    train_reward: dict = Field(default_factory=dict, description="train_reward keys, for every method")
+    evaluate: dict = Field(default_factory=dict, description="evaluate keys, for every method")
+    methods: list[str] = Field(default_factory=lambda: ["copl", "uniform"],
+                               description="reward models to train and evaluate (copl first is the method)")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in REWARD_METHODS]
+        if unknown or not methods:
+            raise ValueError(f"methods must be a non-empty list of {REWARD_METHODS}, got {methods}")
+        return methods
+
+
+def stage_argv(keys: dict, **paths: str) -> list[str]:
+    """``{"config": F, "a": 1, "b": {"c": 2}}`` + paths -> ``["--config", F, "a=1", "b.c=2", "dataset=D", ...]``."""
+    keys = dict(keys)
+    argv = ["--config", str(keys.pop("config"))] if "config" in keys else []
+
+    def flat(prefix: str, value) -> list[str]:
+        if isinstance(value, dict):
+            return [item for k, v in value.items() for item in flat(f"{prefix}.{k}", v)]
+        return [f"{prefix}={value if isinstance(value, str) else json.dumps(value)}"]
+
+    clash = sorted(set(keys) & set(paths))
+    if clash:
+        raise SystemExit(f"error: pipeline sets {clash} of this stage itself; remove them from its keys")
+    for k, v in {**keys, **paths}.items():
+        argv += flat(k, v)
+    return argv
+
+
+def fingerprint(job: str, argv: list[str], upstream: list[str]) -> str:
+    """A stage's identity: job, arguments, its config file's content, and its inputs' fingerprints."""
+    h = hashlib.sha256(json.dumps([job, argv, upstream]).encode())
+    if "--config" in argv:
+        h.update(Path(argv[argv.index("--config") + 1]).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Runner:
+    """Runs stages in order, skipping the unchanged finished ones; keeps figures and timings."""
+
+    def __init__(self, out: Path, n_stages: int):
+        self.out, self.n, self.i = out, n_stages, 0
+        self.record: dict = {}
+
+    def run(self, name: str, job: str, argv: list[str], upstream: list[str], fn=None) -> tuple[dict, str]:
+        """(the stage's metrics, its fingerprint); the job writes ``O/<name>/metrics.json``.
+
+        ``fn``: a callable run instead of ``jobs/<job>.py`` (its dict is written as the metrics)."""
+        self.i += 1
+        stage_dir = self.out / name
+        fp = fingerprint(job, argv, upstream)
+        marker = stage_dir / STAGE_FILE
+        done = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp
+        label = f"[pipeline] {self.i}/{self.n} {name:16s} ({job})"
+        if done and (stage_dir / "metrics.json").is_file():
+            print(f"{label}: unchanged, skipped", flush=True)
+            self.record[name] = {"job": job, "skipped": True, "seconds": 0.0, "fingerprint": fp}
+            return json.loads((stage_dir / "metrics.json").read_text()), fp
+        marker.unlink(missing_ok=True)  # a rerun that fails must not leave the old marker valid
+        print(f"{label}: running", flush=True)
+        t0 = time.perf_counter()
+        metrics = load_job(job).main(argv) if fn is None else fn()
+        seconds = time.perf_counter() - t0
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if fn is not None:
+            write_metrics(metrics, stage_dir)
+        marker.write_text(json.dumps({"fingerprint": fp, "job": job, "argv": argv, "seconds": seconds}))
+        print(f"{label}: done in {seconds:.0f} s", flush=True)
+        self.record[name] = {"job": job, "skipped": False, "seconds": seconds, "fingerprint": fp}
+        return metrics, fp
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def write_report(out: Path, cfg: PipelineConfig, stages: dict, figures: dict) -> Path:
+    """``O/report.md``: the tables of ``figures`` (what main collected) and the plots beside it."""
+    lines = ["# CoPL pipeline report", "",
+             f"Dataset: `{figures['dataset']}`. Every figure is a pairwise accuracy (%) on held-out pairs: "
+             "seen users on their test pairs, unseen users (adapted without retraining) on theirs.", ""]
+    rows = figures["reward"]
+    if rows:
+        lines += ["## Reward models", "", "| method | seen | unseen |", "|---|---|---|"]
+        lines += [f"| {m} | {_pct(r['seen'])} | {_pct(r['unseen'])} |" for m, r in rows.items()]
+        groups = sorted({g for r in rows.values() for g in r["seen_by_group"]})
+        if groups:
+            lines += ["", "Seen accuracy by group:", "", "| method | " + " | ".join(groups) + " |",
+                      "|---|" + "---|" * len(groups)]
+            lines += [f"| {m} | " + " | ".join(_pct(r["seen_by_group"].get(g)) for g in groups) + " |"
+                      for m, r in rows.items()]
+        kinds = sorted({k for r in rows.values() for k in r["seen_by_kind"]})
+        if kinds:
+            lines += ["", "Seen accuracy by pair kind:", "", "| method | " + " | ".join(kinds) + " |",
+                      "|---|" + "---|" * len(kinds)]
+            lines += [f"| {m} | " + " | ".join(_pct(r["seen_by_kind"].get(k)) for k in kinds) + " |"
+                      for m, r in rows.items()]
+    emb = figures["embeddings"]
+    lines += ["", "## User embeddings (dot-product scores, no LLM)", "",
+              "| learner | seen | unseen |", "|---|---|---|"]
+    lines += [f"| {name} | {_pct(r.get('seen'))} | {_pct(r.get('unseen'))} |" for name, r in emb.items()]
+    lines += ["", f"GNN chosen on validation: `{figures['gnn_chosen']}`.", ""]
+    lines += ["## Stages", "", "| stage | job | seconds | |", "|---|---|---|---|"]
+    lines += [f"| {n} | {s['job']} | {s['seconds']:.0f} | {'skipped (unchanged)' if s['skipped'] else ''} |"
+              for n, s in stages.items()]
+    if figures["plots"]:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in figures["plots"]]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv=None) -> dict:
+    cfg = parse_job_args(PipelineConfig, argv)
+    out = Path(cfg.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_resolved_config(cfg, out)
+    init_ray()
+    t0 = time.perf_counter()
+    runner = Runner(out, n_stages=(cfg.dataset is None) + 2 + cfg.references + 2 * len(cfg.methods))
+
+    if cfg.dataset is None:
+        _, data_fp = runner.run("data", "make_synthetic", stage_argv(cfg.synthetic, output_dir=str(out / "data")), [])
+        dataset = str(out / "data")
+    else:
+        dataset, data_fp = str(Path(cfg.dataset).resolve()), f"dataset:{Path(cfg.dataset).resolve()}"
+    gnn_dir, adapt_dir = str(out / "gnn"), str(out / "adapt")
+    gnn, gnn_fp = runner.run("gnn", "train_gnn", stage_argv(cfg.train_gnn, dataset=dataset, output_dir=gnn_dir),
+                             [data_fp])
+    adapt, adapt_fp = runner.run("adapt", "adapt_users", stage_argv(
+        cfg.adapt_users, dataset=dataset, gnn_dir=gnn_dir, output_dir=adapt_dir), [gnn_fp])
+
+    embeddings = {"CoPL GNN (Eq. 11 for unseen)": {"seen": gnn.get("gnn_test_accuracy"),
+                                                    "unseen": _method(adapt, "copl")},
+                  "CoPL GNN + Naive Avg": {"unseen": _method(adapt, "naive_avg")},
+                  "CoPL GNN + User Opt": {"unseen": _method(adapt, "user_opt")}}
+    if cfg.references:
+        refs, _ = runner.run("references", "references", [], [gnn_fp], fn=lambda: _references(dataset, Path(gnn_dir)))
+        embeddings.update(refs)
+
+    reward_rows, plots = {}, []
+    for method in cfg.methods:
+        r_dir = str(out / f"reward_{method}")
+        _, r_fp = runner.run(f"reward_{method}", "train_reward", stage_argv(
+            cfg.train_reward, dataset=dataset, gnn_dir=gnn_dir, output_dir=r_dir, method=method), [gnn_fp])
+        ev, _ = runner.run(f"eval_{method}", "evaluate", stage_argv(
+            cfg.evaluate, dataset=dataset, gnn_dir=gnn_dir, reward_dir=r_dir, adapt_dir=adapt_dir,
+            output_dir=str(out / f"eval_{method}")), [r_fp, adapt_fp])
+        reward_rows[method] = {"seen": ev.get("seen_accuracy"), "unseen": ev.get("unseen_accuracy"),
+                               "seen_by_group": {g: v["accuracy"] for g, v in ev["seen"].get("by_group", {}).items()},
+                               "seen_by_kind": {k: v["accuracy"] for k, v in ev["seen"].get("by_kind", {}).items()},
+                               "unseen_reason": ev.get("unseen", {}).get("reason")}
+        for name in (ev.get("plots") or {}).values():
+            src = out / f"eval_{method}" / str(name)
+            if src.suffix == ".png" and src.is_file():
+                shutil.copyfile(src, out / f"{method}_{src.name}")
+                plots.append(f"{method}_{src.name}")
+    figures = {"dataset": dataset, "reward": reward_rows, "embeddings": embeddings, "plots": plots,
+               "gnn_chosen": (gnn.get("selection") or {}).get("chosen")}
+    metrics = {**figures, "stages": runner.record, "wall_seconds": time.perf_counter() - t0}
+    write_metrics(metrics, out)
+    report = write_report(out, cfg, runner.record, figures)
+    print(report.read_text(), flush=True)
+    return metrics
+
+
+def _method(adapt: dict, name: str):
+    """An adaptation method's unseen accuracy on pairs inside the graph (None when not run)."""
+    return (adapt.get("methods") or {}).get(name, {}).get("unseen_accuracy_in_graph")
+
+
+def _references(dataset: str, gnn_dir: Path) -> dict:
+    """GNN-level references on the validation split train_gnn carved (its resolved fraction, seed)."""
+    from copl_ray.eval.references import fit_references
+
+    ran = yaml.safe_load((gnn_dir / "config.yaml").read_text())
+    names = {"shared": "one shared preference", "free": "free embeddings, no graph (dim, L2 tuned)",
+             "clusters": "groups from agreement clustering, no GNN", "true_groups": "true groups (oracle)"}
+    fits = fit_references(dataset, ran["val_fraction"], ran["seed"])
+    return {names[k]: {"seen": f.test_accuracy} for k, f in fits.items()}
+
+
+if __name__ == "__main__":
+    main()
