@@ -85,13 +85,12 @@ class AppArgs(BaseModel):
     onboarding: OnboardingOptions = Field(default_factory=OnboardingOptions)
     api_num_cpus: float = Field(0.0, ge=0)
 
-    @model_validator(mode="after")
-    def _paths(self):
+    def check_paths(self) -> None:
+        """The folders exist (checked when the app is built, not when a YAML is validated)."""
         for name in ("gnn_dir", "reward_dir", "adapt_dir", "dataset"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_dir():
                 raise ValueError(f"{name}: {value} is not a directory")
-        return self
 
 
 def build_app(args: AppArgs):
@@ -101,6 +100,7 @@ def build_app(args: AppArgs):
 
     if isinstance(args, dict):
         args = AppArgs.model_validate(args)
+    args.check_paths()
     absolute = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
     gnn_dir, reward_dir, adapt_dir = absolute(args.gnn_dir), absolute(args.reward_dir), absolute(args.adapt_dir)
     store_path = absolute(args.store_path)
