@@ -21,7 +21,6 @@ import inspect
 import json
 import re
 import shlex
-import tomllib
 import typing
 from pathlib import Path
 
@@ -35,6 +34,11 @@ from pydantic import BaseModel, ValidationError
 
 from copl_ray.config import ConfigError, JobConfig, load_config
 from copl_ray.runtime import load_job
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -146,9 +150,9 @@ def pip_installs(command: str) -> list[list[str]]:
     return installs
 
 
-def check_pinned_set(installs: list[list[str]], project: str, where: str, extra_allowed=frozenset()) -> None:
+def check_pinned_set(installs: list[list[str]], project: str, where: str) -> None:
     """``installs``: torch alone at pyproject's pin, first; then the project (``project``, editable);
-    no package of pyproject.toml at another version; no other package but ``extra_allowed``."""
+    no package of pyproject.toml at another version; no package outside pyproject.toml."""
     pins = pyproject_pins()
     assert installs, f"{where}: no pip install"
     assert installs[0] == [f"torch=={pins['torch']}"], (
@@ -162,11 +166,9 @@ def check_pinned_set(installs: list[list[str]], project: str, where: str, extra_
             continue
         req = Requirement(target)
         name = canonicalize_name(req.name)
-        if name in pins:
-            assert str(req.specifier) == f"=={pins[name]}", (
-                f"{where}: {target} differs from pyproject.toml's {req.name}=={pins[name]}")
-        else:
-            assert name in extra_allowed, f"{where}: installs {target}, which pyproject.toml does not pin"
+        assert name in pins, f"{where}: installs {target}, which pyproject.toml does not pin"
+        assert str(req.specifier) == f"=={pins[name]}", (
+            f"{where}: {target} differs from pyproject.toml's {req.name}=={pins[name]}")
 
 
 # ----------------------------------------------------------------------------- KubeRay CRDs
