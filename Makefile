@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# OpenRLHF's remote-reward client for the serving tests, in its own venv: the openrlhf wheel ships a
+# top-level `tests` package, so it never goes into $(VENV) (tests/openrlhf_client.py).
+ORLHF_VENV := .venv-openrlhf
+ORLHF_STAMP := $(ORLHF_VENV)/.installed
 # Ray and the jobs run in a loopback-only network namespace (ENVIRONMENT.md).
 LOOPBACK := scripts/loopback.sh
 DEMO_DIR ?= runs/demo
@@ -17,7 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: install
+$(ORLHF_STAMP):
+	test -x $(ORLHF_VENV)/bin/python || $(PYTHON) -m venv $(ORLHF_VENV)
+	$(ORLHF_VENV)/bin/pip install --quiet --no-deps openrlhf==0.11.2
+	$(ORLHF_VENV)/bin/pip install --quiet aiohttp==3.14.5
+	touch $(ORLHF_STAMP)
+
+test: install $(ORLHF_STAMP)
 	$(LOOPBACK) $(PY) -m pytest -m "not gpu" tests
 
 test-fast: install
@@ -27,4 +37,4 @@ demo: install
 	$(LOOPBACK) sh scripts/demo.sh $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ORLHF_VENV) runs .pytest_cache

@@ -114,14 +114,26 @@ def _clean(text: str) -> str:
     return _SPECIAL.sub("", _ROLE_HEADERS.sub("", text)).strip()
 
 
+def _untemplate(prompt: str, response: str) -> tuple[str, str]:
+    """Drop our own template's role words where a client already applied it."""
+    prompt = re.sub(r"^\s*Human:\s?", "", prompt).strip()
+    response = re.sub(r"^\s*Assistant:\s?", "", response).strip()
+    return prompt, response
+
+
 def split_query(query: str, prompt: str | None) -> tuple[str, str]:
     """(prompt text, response text) of an OpenRLHF query (prompt + generated response, decoded
     with special tokens).
 
     The prompt is taken off the front when the query starts with it (OpenRLHF >= 0.5.8 sends the
     ``prompts``); else our own training template ``Human: ... Assistant: ...`` is split; else the
-    whole query is the response. Chat markup, BOS/EOS/pad tokens are removed from both parts.
+    whole query is the response. Chat markup, BOS/EOS/pad tokens are removed from both parts,
+    and so are our template's own role words (a client that applied it gets the same reward).
     """
+    return _untemplate(*_split(query, prompt))
+
+
+def _split(query: str, prompt: str | None) -> tuple[str, str]:
     if prompt is not None and prompt and query.startswith(prompt):
         return _clean(prompt), _clean(query[len(prompt):])
     if prompt is not None and prompt:
