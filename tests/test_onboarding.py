@@ -4,7 +4,6 @@ still holds everything written before."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -72,15 +71,15 @@ from copl_ray.adapt.onboarding import onboard_users
 n = {n}
 users = [f"new{{i:07d}}" for i in range(n)]
 onboard_users({ds!r}, pa.table({{"user_id": users, "prompt_id": ["p0"] * n, "chosen_id": ["r0a"] * n,
-                                 "rejected_id": ["r0b"] * n}}))
+                                 "rejected_id": ["r0b"] * n}}), crash_after={crash!r})
 """
 
 
 @pytest.mark.parametrize("step", ["users", "annotations"])
 def test_crash_between_steps_leaves_valid_dataset(tiny_dataset, step):
-    env = dict(os.environ, COPL_ONBOARD_CRASH_AFTER=step)
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), n=3, ds=str(tiny_dataset))],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), n=3, ds=str(tiny_dataset),
+                                                               crash=step)],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 137, proc.stderr
     summary = validate_dataset(tiny_dataset)
     assert summary.n_seen_users == 4 + 3  # users were written first
@@ -91,7 +90,7 @@ def test_sigkill_mid_write_keeps_dataset_valid(tiny_dataset):
     """Kill the onboarder while a large write is in flight (a temporary file exists)."""
     before_users = read_table(tiny_dataset, "users").num_rows
     proc = subprocess.Popen([sys.executable, "-c",
-                             _CHILD.format(root=str(ROOT), n=400_000, ds=str(tiny_dataset))])
+                             _CHILD.format(root=str(ROOT), n=400_000, ds=str(tiny_dataset), crash=None)])
     folders = [tiny_dataset, tiny_dataset / "annotations" / "train"]
     deadline = time.time() + 60
     seen_tmp = False

@@ -35,7 +35,6 @@ from copl_ray.data.dataset import (DatasetError, append_annotations, read_table,
 
 __all__ = ["OnboardResult", "onboard_users"]
 
-_CRASH_ENV = "COPL_ONBOARD_CRASH_AFTER"  # tests: os._exit(137) after the named step
 
 
 @dataclass
@@ -48,8 +47,8 @@ class OnboardResult:
     shard: Path | None
 
 
-def _crash_point(step: str) -> None:
-    if os.environ.get(_CRASH_ENV) == step:
+def _crash_point(step: str, crash_after: str | None) -> None:
+    if crash_after == step:  # tests only: die as a SIGKILL would, after this step
         os._exit(137)
 
 
@@ -103,12 +102,14 @@ def _validate(root: Path, table: pa.Table, users: pa.Table) -> pa.Table:
 
 
 def onboard_users(dataset_dir: str | os.PathLike, annotations: pa.Table,
-                  groups: dict[str, str] | None = None) -> OnboardResult:
+                  groups: dict[str, str] | None = None, crash_after: str | None = None) -> OnboardResult:
     """Append new users and their annotations to a dataset as seen users.
 
     Args:
         annotations: contract annotation columns ([P] rows; ``kind`` optional).
         groups: optional user_id -> group for the users.parquet ``group`` column.
+        crash_after: tests only: ``"users"`` or ``"annotations"`` ends the process (exit 137)
+            right after that step, to check a crash leaves a valid dataset.
     Raises:
         DatasetError: naming the row and field of the first bad annotation.
     """
@@ -123,7 +124,7 @@ def onboard_users(dataset_dir: str | os.PathLike, annotations: pa.Table,
     for c in extra:  # generator columns (weights, ...) are unknown for new users: null
         add = add.append_column(users.schema.field(c), pa.nulls(len(fresh), users.schema.field(c).type))
     write_table(pa.concat_tables([users, add.select(users.column_names)]), root / "users.parquet")
-    _crash_point("users")
+    _crash_point("users", crash_after)
     shard = append_annotations(root, "train", table) if table.num_rows else None
-    _crash_point("annotations")
+    _crash_point("annotations", crash_after)
     return OnboardResult(fresh.to_pylist(), table.num_rows, shard)
