@@ -208,7 +208,7 @@ def test_sampled_gnn_step_with_row_gradients_matches_dense_adamw(name):
 # ----------------------------------------------------------------------------- row exchange
 
 
-def _sync_worker(rank: int, world: int, init_file: str, out: dict) -> None:
+def _sync_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     from copl_ray.gnn.train import sync_gradients_sparse_rows
@@ -225,7 +225,7 @@ def _sync_worker(rank: int, world: int, init_file: str, out: dict) -> None:
         g = model[0].weight.grad
         results[sparse] = (_dense(g) if g.is_sparse else g.clone(), model[1].weight.grad.clone())
     dist.destroy_process_group()
-    out[rank] = results
+    torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
 @pytest.mark.integration
@@ -233,9 +233,14 @@ def test_row_exchange_of_sparse_gradients_equals_the_dense_mean(tmp_path):
     """Two gloo processes: sparse row gradients, exchanged, equal the dense rows' exchange (no Ray)."""
     import torch.multiprocessing as mp
 
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_sync_worker, args=(2, str(tmp_path / "pg"), out), nprocs=2, join=True)
+    # Results come back as files, not through a multiprocessing.Manager: Manager() starts its server
+    # by fork()ing this process, which is a live Ray driver once the session's Ray is up (ray_session,
+    # e.g. after tests/test_train_gnn.py). The copy shares the driver's gRPC connection to the GCS; when
+    # its garbage collector frees a Ray ActorHandle it reports that to the GCS over that connection,
+    # after which the driver gets no GCS replies or actor updates and the next TorchTrainer.fit() waits
+    # forever for its controller (Ray: never fork a driver). mp.spawn's children are fresh interpreters.
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2, join=True)
+    out = {rank: torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)}
     for rank in (0, 1):
         (g_sparse, w_sparse), (g_dense, w_dense) = out[rank][True], out[rank][False]
         torch.testing.assert_close(g_sparse, g_dense)
