@@ -1,0 +1,218 @@
+"""Benchmark the Serve app on loopback; prints figures and ratios, never asserts.
+
+    scripts/loopback.sh .venv/bin/python jobs/bench_serve.py gnn_dir=G reward_dir=R [dataset=D] output_dir=O
+
+Starts the app of CONTRACT section 4 twice in one local Ray: batched (``@serve.batch``,
+``max_batch_size``) and unbatched (``max_batch_size=1``), on 127.0.0.1 only. Closed-loop aiohttp
+clients (keep-alive) each POST ``/v1/score`` (one seen user, one prompt, ``responses_per_request``
+responses) for ``seconds_per_level`` at each concurrency of ``concurrency``: requests/s and
+p50/p99 latency. Then onboarding latency (``onboard_requests`` sequential ``POST /v1/users`` of
+``annotations_per_user`` pairs, then the same number from 8 clients) and a sustained mixed run
+(score, compare, get_reward, survey) of ``sustained_seconds`` that counts every non-2xx and
+transport error. Bounded: each phase has a deadline; the app is deleted at the end.
+Writes ``metrics.json`` and ``config.yaml`` into ``output_dir``.
+"""
+
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
+from copl_ray.runtime import init_ray  # noqa: E402
+
+
+class BenchServeConfig(JobConfig):
+    """jobs/bench_serve.py: throughput and latency of the Serve app, batched vs unbatched."""
+
+    gnn_dir: str
+    reward_dir: str
+    dataset: str | None = None
+    output_dir: str = "runs/bench_serve"
+    concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    seconds_per_level: float = Field(10.0, gt=0)
+    responses_per_request: int = Field(1, ge=1)
+    max_batch_size: int = Field(32, ge=2)
+    onboard_requests: int = Field(40, ge=1)
+    annotations_per_user: int = Field(4, ge=1)
+    sustained_seconds: float = Field(60.0, gt=0)
+    sustained_clients: int = Field(8, ge=1)
+    port: int = Field(8000, ge=1)
+    num_cpus: int = Field(2, ge=1, description="local Ray CPUs (replicas take 0 CPUs each)")
+    seed: int = 0
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000.0, q)) if xs else float("nan")
+
+
+async def _closed_loop(url: str, make_body, clients: int, seconds: float) -> dict:
+    """``clients`` loops POSTing back to back for ``seconds``: req/s, p50/p99 ms, errors."""
+    import aiohttp
+
+    lat, errors = [], []
+    stop = time.perf_counter() + seconds
+
+    async def one(session, k):
+        rng = random.Random(k)
+        while time.perf_counter() < stop:
+            path, body = make_body(rng)
+            t = time.perf_counter()
+            try:
+                async with session.post(url + path, json=body) as r:
+                    await r.read()
+                    if r.status >= 300:
+                        errors.append(f"{path} {r.status}")
+                        continue
+            except Exception as exc:  # noqa: BLE001  (a transport error is a counted error)
+                errors.append(f"{path} {type(exc).__name__}")
+                continue
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
+        await asyncio.gather(*(one(session, k) for k in range(clients)))
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
+            "req_per_s": len(lat) / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+def _samples(dataset: str, gnn_dir: str, seed: int):
+    from copl_ray.data.dataset import read_table
+    from copl_ray.embeddings import read_embeddings
+
+    users = read_embeddings(Path(gnn_dir) / "users.parquet", "user_id")[0].to_pylist()
+    prompts = read_table(dataset, "prompts")
+    ptext = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("text").to_pylist()))
+    resp = read_table(dataset, "responses")
+    rows = list(zip(resp.column("response_id").to_pylist(), resp.column("prompt_id").to_pylist(),
+                    resp.column("text").to_pylist()))
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    return users, ptext, rows[:2000]
+
+
+def main(argv=None) -> dict:
+    cfg = parse_job_args(BenchServeConfig, argv)
+    from ray import serve
+
+    from copl_ray.serving.app import AppArgs, build_app
+    from copl_ray.serving.core import dataset_of
+
+    dataset = cfg.dataset or dataset_of(cfg.gnn_dir)
+    users, ptext, rows = _samples(dataset, cfg.gnn_dir, cfg.seed)
+    by_prompt: dict = {}
+    for rid, pid, text in rows:
+        by_prompt.setdefault(pid, []).append((rid, text))
+    k = cfg.responses_per_request
+
+    def score_body(rng):
+        rid, pid, text = rows[rng.randrange(len(rows))]
+        resp = [text] + [rows[rng.randrange(len(rows))][2] for _ in range(k - 1)]
+        return "/v1/score", {"user_id": users[rng.randrange(len(users))], "prompt": ptext[pid], "responses": resp}
+
+    init_ray(num_cpus=cfg.num_cpus, include_dashboard=False)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    base = {"gnn_dir": cfg.gnn_dir, "reward_dir": cfg.reward_dir, "dataset": dataset,
+            "scorer": {"num_cpus": 0, "max_ongoing_requests": max(64, 2 * cfg.max_batch_size),
+                       "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": 0.005},
+            "onboarding": {"num_cpus": 0, "min_replicas": 1, "max_replicas": 2}}
+    serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+    url = f"http://127.0.0.1:{cfg.port}"
+    metrics: dict = {"responses_per_request": k, "max_batch_size": cfg.max_batch_size, "n_users": len(users)}
+    t_start = time.perf_counter()
+    serve.run(build_app(AppArgs.model_validate({**base, "store_path": str(tmp / "batched.db")})),
+              name="batched", route_prefix="/b")
+    unbatched = {**base, "scorer": {**base["scorer"], "max_batch_size": 1}}
+    serve.run(build_app(AppArgs.model_validate({**unbatched, "store_path": str(tmp / "unbatched.db")})),
+              name="unbatched", route_prefix="/u")
+    metrics["startup_seconds"] = time.perf_counter() - t_start
+    print(f"bench_serve: both apps up in {metrics['startup_seconds']:.1f} s", flush=True)
+
+    async def run_all():
+        out = {}
+        await _closed_loop(url + "/b", score_body, 4, 2.0)  # warm-up (first forwards, connections)
+        await _closed_loop(url + "/u", score_body, 4, 2.0)
+        for name, prefix in (("batched", "/b"), ("unbatched", "/u")):
+            levels = cfg.concurrency if name == "batched" else [max(cfg.concurrency)]
+            for c in levels:
+                res = await _closed_loop(url + prefix, score_body, c, cfg.seconds_per_level)
+                out[f"score/{name}/c{c}"] = res
+                print(f"score {name:9s} {c:3d} clients: {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
+                      f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
+        return out
+
+    metrics.update(asyncio.run(run_all()))
+    c = max(cfg.concurrency)
+    ratio = metrics[f"score/batched/c{c}"]["req_per_s"] / max(metrics[f"score/unbatched/c{c}"]["req_per_s"], 1e-9)
+    metrics[f"batched_over_unbatched_c{c}"] = ratio
+    print(f"batched / unbatched throughput at {c} clients: {ratio:.2f}x", flush=True)
+    serve.delete("unbatched")
+
+    # Onboarding latency: sequential, then 8 clients.
+    survey_pairs = [(a[0], b[0]) for items in by_prompt.values() for a, b in zip(items, items[1:])]
+    import requests
+
+    def onboard(i):
+        rng = random.Random(i)
+        ann = [dict(zip(("chosen_id", "rejected_id"), rng.sample(p, 2)))
+               for p in rng.sample(survey_pairs, min(cfg.annotations_per_user, len(survey_pairs)))]
+        t = time.perf_counter()
+        r = requests.post(f"{url}/b/v1/users", json={"user_id": f"bench{i}", "annotations": ann}, timeout=60)
+        return time.perf_counter() - t, r.status_code
+
+    seq = [onboard(i) for i in range(cfg.onboard_requests)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        par = list(pool.map(onboard, range(cfg.onboard_requests, 2 * cfg.onboard_requests)))
+    for name, res in (("sequential", seq), ("8_clients", par)):
+        lat = [t for t, s in res if s == 201]
+        metrics[f"onboard/{name}"] = {"requests": len(res), "ok": len(lat), "p50_ms": _pct(lat, 50),
+                                      "p99_ms": _pct(lat, 99)}
+        print(f"onboard {name:10s}: p50 {_pct(lat, 50):6.1f} ms  p99 {_pct(lat, 99):6.1f} ms  "
+              f"ok {len(lat)}/{len(res)}", flush=True)
+
+    # Sustained mixed traffic.
+    onboarded = [f"bench{i}" for i in range(2 * cfg.onboard_requests)]
+
+    def mixed(rng):
+        x = rng.random()
+        path, body = score_body(rng)
+        if x < 0.15:
+            body["user_id"] = onboarded[rng.randrange(len(onboarded))]
+        elif x < 0.3:
+            return "/v1/compare", {"user_id": body["user_id"], "prompt": body["prompt"],
+                                   "response_a": body["responses"][0], "response_b": rows[rng.randrange(len(rows))][2]}
+        elif x < 0.45:
+            return f"/v1/users/{body['user_id']}/get_reward", {
+                "query": [f"Human: {body['prompt']} Assistant: {body['responses'][0]}</s>"]}
+        elif x < 0.5:
+            return "/v1/survey", {"answers": [], "n": 4}
+        return path, body
+
+    sus = asyncio.run(_closed_loop(url + "/b", mixed, cfg.sustained_clients, cfg.sustained_seconds))
+    metrics["sustained"] = {**sus, "seconds": cfg.sustained_seconds}
+    print(f"sustained {cfg.sustained_seconds:.0f} s, {cfg.sustained_clients} clients (score/compare/get_reward/"
+          f"survey): {sus['requests']} ok, {sus['errors']} errors, {sus['req_per_s']:.1f} req/s, "
+          f"p99 {sus['p99_ms']:.1f} ms", flush=True)
+    health = requests.get(f"{url}/b/v1/health", timeout=30).json()
+    metrics["scorer_stats"] = health["scorer"]
+    print(f"scorer: {health['scorer']}", flush=True)
+    serve.delete("batched")
+    serve.shutdown()
+    write_resolved_config(cfg, cfg.output_dir)
+    write_metrics(metrics, cfg.output_dir)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
