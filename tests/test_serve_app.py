@@ -114,7 +114,8 @@ def test_onboard_survey_get_delete(live):
     assert nxt and not any(frozenset((p["response_a_id"], p["response_b_id"])) in asked for p in nxt)
     created = post(live, "/v1/users", {"user_id": "newbie", "annotations": ans})
     assert created.status_code == 201, created.text
-    assert created.json()["user_id"] == "newbie" and created.json()["resolution"] in ("khop", "widened", "global_sample")
+    assert created.json()["user_id"] == "newbie"
+    assert created.json()["resolution"] in ("khop", "widened", "global_sample")
     assert post(live, "/v1/users", {"user_id": "newbie", "annotations": ans}).status_code == 409
     assert post(live, "/v1/users", {"user_id": "u3", "annotations": ans}).status_code == 409  # a seen user
     prompt, short = texts(live, "p1s")
@@ -139,7 +140,8 @@ def test_openrlhf_protocol(live):
     want = post(live, "/v1/score", {"user_id": "u2", "prompt": prompt, "responses": [short]}).json()["rewards"][0]
     url = live["url"] + "/v1/users/u2/get_reward"
     empty = post(live, "/v1/users/u2/get_reward", {"query": []})
-    assert empty.status_code == 200 and empty.json() == {"rewards": [], "scores": [], "extra_logs": {"response_chars": []}}
+    assert empty.status_code == 200
+    assert empty.json() == {"rewards": [], "scores": [], "extra_logs": {"response_chars": []}}
     q = f"<s>Human: {prompt} Assistant: {short}</s>"  # 0.4: query only, our template, BOS/EOS text
     one = requests.post(url, json={"query": [q]}, timeout=60).json()
     assert one["rewards"][0] == pytest.approx(want, abs=1e-4) and one["scores"] == one["rewards"]
@@ -218,7 +220,8 @@ def _malformed_cases() -> list[tuple]:
                       {"user_id": "u0", "prompt": "p", "response_a": big, "response_b": "b"}]
     cases += [("POST", "/v1/compare", b, None) for b in compare_bodies]
     users_bodies = [
-        {}, {"user_id": "newbie2"}, {"user_id": "newbie2", "annotations": {}}, {"user_id": "newbie2", "annotations": [{}]},
+        {}, {"user_id": "newbie2"}, {"user_id": "newbie2", "annotations": {}},
+        {"user_id": "newbie2", "annotations": [{}]},
         {"user_id": "newbie2", "annotations": [{"chosen_id": "p0s"}]},
         {"user_id": "newbie2", "annotations": [{"chosen_id": "nope", "rejected_id": "p0l"}]},
         {"user_id": "newbie2", "annotations": [{"chosen_id": "p0s", "rejected_id": "p0s"}]},
@@ -226,7 +229,8 @@ def _malformed_cases() -> list[tuple]:
         {"user_id": "newbie2", "annotations": [ok_ann] * 257},
         {"user_id": "newbie2", "annotations": [{**ok_ann, "prompt_id": "p7"}]},
         {"user_id": "u0", "annotations": [ok_ann]}, {"user_id": "", "annotations": [ok_ann]},
-        {"user_id": 7, "annotations": [ok_ann]}, {"user_id": "newbie2", "annotations": [ok_ann, {"chosen_id": "p1s", "rejected_id": "zz"}]},
+        {"user_id": 7, "annotations": [ok_ann]},
+        {"user_id": "newbie2", "annotations": [ok_ann, {"chosen_id": "p1s", "rejected_id": "zz"}]},
     ]
     cases += [("POST", "/v1/users", b, None) for b in users_bodies]
     cases += [("POST", "/v1/users/ghost/annotations", {"annotations": [ok_ann]}, None),
@@ -268,7 +272,8 @@ def test_malformed_requests_get_4xx_and_change_nothing(live):
     assert too_big.status_code == 413 and too_big.json()["field"] == "body"
     typed = post(live, "/v1/survey", {"n": "4"})
     assert typed.status_code == 422 and typed.json()["field"] == "n"
-    unknown = post(live, "/v1/users", {"user_id": "newbie2", "annotations": [{"chosen_id": "nope", "rejected_id": "p0l"}]})
+    unknown = post(live, "/v1/users", {"user_id": "newbie2",
+                                       "annotations": [{"chosen_id": "nope", "rejected_id": "p0l"}]})
     assert unknown.status_code == 400 and "chosen_id" in unknown.json()["error"]
 
 

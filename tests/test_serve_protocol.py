@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from copl_ray.serving.protocol import Limits, RewardRequest, ScoreRequest, label_user, split_query
+from copl_ray.serving.protocol import Limits, RewardRequest, ScoreRequest, bearer_ok, label_user, split_query
 
 P, R = "What is a cat?", "A small feline."
 
@@ -47,3 +47,10 @@ def test_bodies_are_strict():
     # OpenRLHF's body: later versions add keys; unknown keys are ignored there
     assert RewardRequest.model_validate_json(b'{"query": [], "new_key": 1}').query == []
     assert Limits().max_body_bytes == 1_000_000
+
+
+def test_bearer_token():
+    assert bearer_ok(None, None) and bearer_ok("anything", None)
+    assert bearer_ok("Bearer s3cret", "s3cret")
+    assert not bearer_ok(None, "s3cret") and not bearer_ok("Bearer wrong", "s3cret")
+    assert not bearer_ok("s3cret", "s3cret")

@@ -26,8 +26,8 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 
 from copl_ray.serving.core import OnboardingCore, RequestError, ScoreItem, ScoringCore, UserDirectory
 from copl_ray.serving.protocol import (AnnotationsRequest, CompareRequest, Limits, OnboardRequest, RewardRequest,
-                                       ScoreRequest, SurveyRequest, check_text, check_user_id, label_user,
-                                       split_query)
+                                       ScoreRequest, SurveyRequest, bearer_ok, check_text, check_user_id,
+                                       label_user, split_query)
 
 __all__ = ["Scorer", "Onboarding", "Api"]
 
@@ -167,9 +167,7 @@ class Api:
         self._started = time.time()
 
     def _auth(self, request: Request) -> None:
-        if self.token is None:
-            return
-        if request.headers.get("authorization", "") != f"Bearer {self.token}":
+        if not bearer_ok(request.headers.get("authorization"), self.token):
             raise RequestError(401, "authorization", "missing or wrong bearer token")
 
     def _user_id(self, user_id: str, field: str = "user_id") -> str:

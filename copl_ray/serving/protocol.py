@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Limits", "ScoreRequest", "CompareRequest", "Annotation", "OnboardRequest", "AnnotationsRequest",
-           "SurveyRequest", "RewardRequest", "LimitError", "check_text", "split_query", "label_user"]
+           "SurveyRequest", "RewardRequest", "LimitError", "bearer_ok", "check_text", "split_query", "label_user"]
 
 
 class Limits(BaseModel):
@@ -85,6 +85,15 @@ class RewardRequest(BaseModel):
     query: list[str]
     prompts: list[str] | None = None
     labels: list[Any] | None = None
+
+
+def bearer_ok(authorization: str | None, token: str | None) -> bool:
+    """True when no token is configured or the Authorization header carries it (constant-time)."""
+    import hmac
+
+    if token is None:
+        return True
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
 
 
 def check_text(field: str, value: str, limits: Limits) -> None:
