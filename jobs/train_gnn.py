@@ -177,6 +177,7 @@ def main(argv=None) -> dict:
         # each rank's process CPU seconds per epoch (not stretched by other load; includes evaluations)
         "epoch_cpu_seconds_per_rank": [h.get("epoch_cpu_seconds_per_rank") for h in history],
         "resumed_from_epoch": state["restored_from_epoch"],
+        "worker_nodes": state.get("worker_nodes", []),
         "stopped_early": state["stopped_early"],
         "num_workers": cfg.num_workers,
         "graph": {**built.stats, "seconds_read_test": seconds_read_test, "seconds_validate": seconds_validate},

@@ -282,6 +282,18 @@ def _peak_rss_per_rank(rank: int, world: int) -> list[float]:
     return _per_rank(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rank, world)
 
 
+def _node_ids(world: int) -> list[str]:
+    """The Ray node id each rank runs on, in rank order (a collective when world > 1)."""
+    import ray
+
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [mine]
+    every: list = [None] * world
+    dist.all_gather_object(every, mine)
+    return every
+
+
 def _per_rank(value: float, rank: int, world: int) -> list[float]:
     """Every rank's ``value``, in rank order (a collective: all ranks must call it)."""
     mine = torch.zeros(world, dtype=torch.float64)
@@ -364,6 +376,8 @@ def train_loop_per_worker(config: dict) -> None:
         best_model = blob.get("best_model")
         if state.get("early_stopping"):
             stopper.load_state_dict(state["early_stopping"])
+    # Where each rank ran, one entry per (re)start of the worker group: multi-node runs are checkable.
+    state.setdefault("worker_nodes", []).append(_node_ids(world))
 
     def evaluate(embeddings=None) -> float:
         e_user, e_resp = embeddings or embed_all(_unwrap(model), graph)
