@@ -181,3 +181,13 @@ def test_killed_worker_resumes_from_checkpoint_and_exports(ray_session, small_uf
     np.testing.assert_allclose(e_resp.numpy(), remb, atol=1e-5)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["gnn_test_pairs"]["total"] == 2000 and "gnn_holdout_accuracy_by_group" in saved
+
+
+def test_train_storage_keeps_uris_and_makes_paths_absolute(tmp_path, monkeypatch):
+    from copl_ray.gnn.train import train_storage
+
+    monkeypatch.chdir(tmp_path)
+    base = dict(dataset="d", output_dir="out")
+    assert train_storage(TrainGNNConfig(**base)) == str(tmp_path / "out" / "ray")
+    assert train_storage(TrainGNNConfig(**base, storage_path="ckpt")) == str(tmp_path / "ckpt")
+    assert train_storage(TrainGNNConfig(**base, storage_path="s3://bucket/copl")) == "s3://bucket/copl"

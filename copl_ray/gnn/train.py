@@ -113,7 +113,8 @@ class TrainGNNConfig(JobConfig):
         "glibc workers keep freed memory for reuse instead of unmapping it (train.keep_freed_memory):"
         " a 1M-user step's large temporaries otherwise page-fault afresh every step"))
     max_failures: int = Field(1, ge=0)
-    storage_path: str | None = Field(None, description="Ray Train storage; default output_dir/ray")
+    storage_path: str | None = Field(None, description="Ray Train storage (a path or a pyarrow URI such as "
+                                     "s3://bucket/x); default output_dir/ray")
     seed: int = 0
     validate_input: bool = Field(True, description=(
         "check the whole dataset first (copl_ray.data.dataset.validate_dataset: every split's columns"
@@ -583,6 +584,13 @@ def embed_all(model: torch.nn.Module, graph: SignedGraph) -> tuple[torch.Tensor,
 # ----------------------------------------------------------------------------- driver
 
 
+def train_storage(cfg: TrainGNNConfig) -> str:
+    """Ray Train's storage: a URI (s3://, gs://, any pyarrow filesystem) as given; a path made absolute."""
+    if cfg.storage_path and "://" in cfg.storage_path:
+        return cfg.storage_path
+    return str(Path(cfg.storage_path or Path(cfg.output_dir) / "ray").resolve())
+
+
 def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int, run_tag: str = ""):
     """Fit on Ray Train; returns (``ray.train.Result``, the last checkpoint's training state).
 
@@ -591,7 +599,7 @@ def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int, 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = Path(cfg.storage_path or Path(cfg.output_dir) / "ray").resolve()
+    storage = train_storage(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "data": data_ref,
