@@ -32,6 +32,7 @@ from copl_ray.adapt.selection import candidate_params, cross_validate  # noqa: E
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
 from copl_ray.embeddings import write_embeddings  # noqa: E402
+from copl_ray.gnn.gnn_dir import users_path  # noqa: E402
 
 METHODS = ("copl", "naive_avg", "user_opt")
 
@@ -138,7 +139,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     res = run_method(cfg.method, art, fewshot, user_ids, cfg)
     adapt_s = time.perf_counter() - t0
-    write_embeddings(Path(cfg.output_dir) / "users.parquet", "user_id", res.user_ids, res.embeddings.numpy(),
+    write_embeddings(users_path(cfg.output_dir), "user_id", res.user_ids, res.embeddings.numpy(),
                      extra_columns={"resolution": res.resolution.astype(str).tolist(),
                                     "n_neighbors": res.n_neighbors, "n_annotations": res.n_annotations},
                      meta={"producer": "adapt_users", "method": cfg.method, "gnn_dir": str(cfg.gnn_dir),

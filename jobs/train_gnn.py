@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, validate_dataset  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
-from copl_ray.gnn.export import export_gnn_dir  # noqa: E402
+from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, read_annotations, read_table, validate_dataset  # noqa: E402
-from copl_ray.embeddings import read_embeddings  # noqa: E402
+from copl_ray.gnn.gnn_dir import read_user_embeddings, users_path  # noqa: E402
 from copl_ray.reward.artifacts import write_manifest  # noqa: E402
 from copl_ray.reward.train import TrainRewardConfig, text_encoding, train_loop_per_worker  # noqa: E402
 
@@ -75,9 +75,9 @@ def check_gnn_dir(cfg: TrainRewardConfig) -> None:
     they are all there, rather than fail inside each Ray Train worker attempt."""
     if cfg.method not in ("copl", "no_mole"):
         return
-    path = Path(cfg.gnn_dir) / "users.parquet"
+    path = users_path(cfg.gnn_dir)
     try:
-        ids, _ = read_embeddings(path, "user_id")
+        ids, _ = read_user_embeddings(cfg.gnn_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: gnn_dir: {exc}") from None
     users = pc.unique(read_annotations(cfg.dataset, "train").column("user_id").combine_chunks())

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from copl_ray.embeddings import read_embeddings
-from copl_ray.graph.id_map import IdMap
+from copl_ray.gnn.gnn_dir import (RESPONSE_INDEX_FILE, RESPONSES_FILE, USER_INDEX_FILE, USERS_FILE, read_id_maps,
+                                  read_response_embeddings, read_user_embeddings)
 from copl_ray.graph.signed_graph import SignedGraph, csr
 
 __all__ = ["GNNArtifacts", "load_gnn_artifacts"]
@@ -114,14 +114,13 @@ def load_gnn_artifacts(gnn_dir: str | os.PathLike, seed: int = 0) -> GNNArtifact
     d = Path(gnn_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: gnn_dir not found (expected a train_gnn output folder)")
-    user_map = IdMap.load(d / "user_index.parquet")
-    response_map = IdMap.load(d / "response_index.parquet")
-    u_ids, e_user = read_embeddings(d / "users.parquet", "user_id")
-    r_ids, e_resp = read_embeddings(d / "responses.parquet", "response_id")
-    for name, ids, idmap in (("users", u_ids, user_map), ("responses", r_ids, response_map)):
+    user_map, response_map = read_id_maps(d)
+    u_ids, e_user = read_user_embeddings(d)
+    r_ids, e_resp = read_response_embeddings(d)
+    for file, ids, idmap, index in ((USERS_FILE, u_ids, user_map, USER_INDEX_FILE),
+                                    (RESPONSES_FILE, r_ids, response_map, RESPONSE_INDEX_FILE)):
         if not ids.equals(idmap.ids):
-            raise ValueError(f"{d / (name + '.parquet')}: rows are not in the dense order of "
-                             f"{name[:-1]}_index.parquet")
+            raise ValueError(f"{d / file}: rows are not in the dense order of {index}")
     graph = SignedGraph.load(d)
     return GNNArtifacts(user_map.ids, response_map.ids, torch.from_numpy(e_user),
                         torch.from_numpy(e_resp), graph, seed=seed)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from copl_ray.data.dataset import DatasetError, read_annotations, read_table
-from copl_ray.embeddings import read_embeddings
+from copl_ray.gnn.gnn_dir import read_user_embeddings, users_path
 from copl_ray.graph.id_map import IdMap
 from copl_ray.reward.encoding import TextEncoding, pad_id_of, pad_right
 
@@ -163,10 +163,10 @@ def load_user_table(gnn_dir: str | os.PathLike | None, adapt_dir: str | os.PathL
     for folder, tag in ((gnn_dir, "gnn"), (adapt_dir, "adapt")):
         if folder is None:
             continue
-        uid, emb = read_embeddings(Path(folder) / "users.parquet", "user_id")
+        uid, emb = read_user_embeddings(folder)
         if embs and emb.shape[1] != embs[0].shape[1]:
             raise ValueError(
-                f"{Path(folder) / 'users.parquet'}: embedding dim {emb.shape[1]} differs from"
+                f"{users_path(folder)}: embedding dim {emb.shape[1]} differs from"
                 f" gnn_dir's {embs[0].shape[1]}"
             )
         ids.append(uid)

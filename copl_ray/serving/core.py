@@ -105,14 +105,14 @@ class UserDirectory:
     """Seen users (files, loaded once) and onboarded users (the store, read per request)."""
 
     def __init__(self, gnn_dir: str, reward_dir: str, store, adapt_dir: str | None = None):
-        from copl_ray.embeddings import read_embeddings
+        from copl_ray.gnn.gnn_dir import read_user_embeddings
         from copl_ray.reward.artifacts import load_reward_dir
 
         rd = load_reward_dir(reward_dir, load_models=False)
         self.uses_user = rd.uses_user
         table = rd.user_table(gnn_dir, adapt_dir)
         if table is None:  # Uniform: the user is not an input, but must still be a known user
-            ids, _ = read_embeddings(Path(gnn_dir) / "users.parquet", "user_id")
+            ids, _ = read_user_embeddings(gnn_dir)
             self._seen = {u: None for u in ids.to_pylist()}
             self.dim = None
         else:

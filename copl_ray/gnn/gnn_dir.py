@@ -1,4 +1,5 @@
-"""Write a ``train_gnn`` output folder (``gnn_dir``, docs/ARCHITECTURE.md):
+"""A ``train_gnn`` output folder (``gnn_dir``, docs/ARCHITECTURE.md): its one writer, its readers,
+and the only place its file names are spelled:
 
 ```
 users.parquet          CONTRACT 3 (user_id, embedding); rows in dense-index order
@@ -18,16 +19,41 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from copl_ray.embeddings import write_embeddings
-from copl_ray.gnn.model import save_model
+from copl_ray.embeddings import read_embeddings, write_embeddings
 from copl_ray.graph.id_map import IdMap
-from copl_ray.graph.signed_graph import SignedGraph
+from copl_ray.graph.signed_graph import GRAPH_FILE, SignedGraph
 
+USERS_FILE = "users.parquet"  # also the name of adapt_users' output (CONTRACT 3): same format
+RESPONSES_FILE = "responses.parquet"
+USER_INDEX_FILE = "user_index.parquet"
+RESPONSE_INDEX_FILE = "response_index.parquet"
 MODEL_FILE = "model.safetensors"
 
-__all__ = ["export_gnn_dir"]
+__all__ = ["USERS_FILE", "RESPONSES_FILE", "USER_INDEX_FILE", "RESPONSE_INDEX_FILE", "MODEL_FILE", "GRAPH_FILE",
+           "export_gnn_dir", "users_path", "read_user_embeddings", "read_response_embeddings", "read_id_maps"]
+
+
+def users_path(folder: str | os.PathLike) -> Path:
+    """The user-embedding file of a gnn_dir or an adapt_users output."""
+    return Path(folder) / USERS_FILE
+
+
+def read_user_embeddings(folder: str | os.PathLike) -> tuple[pa.Array, np.ndarray]:
+    """(user ids, [n_users, d] float32) of a gnn_dir or an adapt_users output."""
+    return read_embeddings(users_path(folder), "user_id")
+
+
+def read_response_embeddings(gnn_dir: str | os.PathLike) -> tuple[pa.Array, np.ndarray]:
+    """(response ids, [n_responses, d] float32) of a gnn_dir."""
+    return read_embeddings(Path(gnn_dir) / RESPONSES_FILE, "response_id")
+
+
+def read_id_maps(gnn_dir: str | os.PathLike) -> tuple[IdMap, IdMap]:
+    """(users, responses) id maps of a gnn_dir: the dense order of its embeddings and graph."""
+    return IdMap.load(Path(gnn_dir) / USER_INDEX_FILE), IdMap.load(Path(gnn_dir) / RESPONSE_INDEX_FILE)
 
 
 def export_gnn_dir(
@@ -49,6 +75,8 @@ def export_gnn_dir(
     Returns:
         name -> path of every file written.
     """
+    from copl_ray.gnn.model import save_model  # here: the readers stay free of the model's imports
+
     out = Path(out_dir)
     e_user = np.asarray(e_user.detach().cpu() if torch.is_tensor(e_user) else e_user, dtype=np.float32)
     e_resp = np.asarray(e_resp.detach().cpu() if torch.is_tensor(e_resp) else e_resp, dtype=np.float32)
@@ -58,14 +86,14 @@ def export_gnn_dir(
     if e_user.shape[1] != e_resp.shape[1]:
         raise ValueError(f"user dim {e_user.shape[1]} != response dim {e_resp.shape[1]}: no dot product")
     paths = {
-        "user_index": user_map.save(out / "user_index.parquet"),
-        "response_index": response_map.save(out / "response_index.parquet"),
+        "user_index": user_map.save(out / USER_INDEX_FILE),
+        "response_index": response_map.save(out / RESPONSE_INDEX_FILE),
         "graph": graph.save(out),
         # `save_model` records kind + config, so `load_model` rebuilds any of the four models.
         "model": save_model(getattr(model, "module", model), out / MODEL_FILE),
     }
     meta = {"producer": "train_gnn", **(embedding_meta or {})}
-    paths["responses"] = write_embeddings(out / "responses.parquet", "response_id", response_map.ids,
+    paths["responses"] = write_embeddings(out / RESPONSES_FILE, "response_id", response_map.ids,
                                           e_resp, meta=meta)
-    paths["users"] = write_embeddings(out / "users.parquet", "user_id", user_map.ids, e_user, meta=meta)
+    paths["users"] = write_embeddings(users_path(out), "user_id", user_map.ids, e_user, meta=meta)
     return paths
