@@ -7,7 +7,8 @@ Starts the app of CONTRACT section 4 twice in one local Ray: batched (``@serve.b
 clients (keep-alive) each POST ``/v1/score`` (one seen user, one prompt, ``responses_per_request``
 responses) for ``seconds_per_level`` at each concurrency of ``concurrency``: requests/s and
 p50/p99 latency. Then onboarding latency (``onboard_requests`` sequential ``POST /v1/users`` of
-``annotations_per_user`` pairs, then the same number from 8 clients) and a sustained mixed run
+``annotations_per_user`` pairs, then the same number from 8 clients), the same closed loop at the
+Scorer's handle (no HTTP: batching's effect on the model replica alone), and a sustained mixed run
 (score, compare, get_reward, survey) of ``sustained_seconds`` that counts every non-2xx and
 transport error. Bounded: each phase has a deadline; the app is deleted at the end.
 Writes ``metrics.json`` and ``config.yaml`` into ``output_dir``.
@@ -46,6 +47,9 @@ class BenchServeConfig(JobConfig):
     sustained_clients: int = Field(8, ge=1)
     port: int = Field(8000, ge=1)
     num_cpus: int = Field(2, ge=1, description="local Ray CPUs (replicas take 0 CPUs each)")
+    torch_threads: int | None = Field(1, ge=1, description=(
+        "scorer intra-op threads; 1 on a shared 2-core machine, where 2 OpenMP threads spin-wait "
+        "(a MiniLM forward of 1 sequence took 4.1 s with 2 threads, 0.2 s with 1, at load ~40)"))
     seed: int = 0
 
 
@@ -83,6 +87,31 @@ async def _closed_loop(url: str, make_body, clients: int, seconds: float) -> dic
     wall = time.perf_counter() - t0
     return {"clients": clients, "requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors))[:5],
             "req_per_s": len(lat) / wall, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+
+
+async def _handle_loop(handle, make_item, clients: int, seconds: float) -> dict:
+    """The same closed loop straight to the Scorer's handle (no HTTP proxy, no ingress): what
+    batching does for the model replica itself."""
+    lat, errors = [], 0
+    stop = time.perf_counter() + seconds
+
+    async def one(k):
+        nonlocal errors
+        rng = random.Random(k)
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            try:
+                await handle.score.remote(make_item(rng))
+            except Exception:  # noqa: BLE001
+                errors += 1
+                continue
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "requests": len(lat), "errors": errors, "req_per_s": len(lat) / wall,
+            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
 
 
 def _samples(dataset: str, gnn_dir: str, seed: int):
@@ -123,7 +152,8 @@ def main(argv=None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     base = {"gnn_dir": cfg.gnn_dir, "reward_dir": cfg.reward_dir, "dataset": dataset,
             "scorer": {"num_cpus": 0, "max_ongoing_requests": max(64, 2 * cfg.max_batch_size),
-                       "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": 0.005},
+                       "max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": 0.005,
+                       "torch_threads": cfg.torch_threads},
             "onboarding": {"num_cpus": 0, "min_replicas": 1, "max_replicas": 2}}
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     url = f"http://127.0.0.1:{cfg.port}"
@@ -137,6 +167,15 @@ def main(argv=None) -> dict:
     metrics["startup_seconds"] = time.perf_counter() - t_start
     print(f"bench_serve: both apps up in {metrics['startup_seconds']:.1f} s", flush=True)
 
+    from copl_ray.embeddings import read_embeddings
+    from copl_ray.serving.core import ScoreItem
+
+    _, emb = read_embeddings(Path(cfg.gnn_dir) / "users.parquet", "user_id")
+
+    def score_item(rng):
+        _, body = score_body(rng)
+        return ScoreItem(emb[rng.randrange(len(emb))], body["prompt"], body["responses"])
+
     async def run_all():
         out = {}
         await _closed_loop(url + "/b", score_body, 4, 2.0)  # warm-up (first forwards, connections)
@@ -148,6 +187,13 @@ def main(argv=None) -> dict:
                 out[f"score/{name}/c{c}"] = res
                 print(f"score {name:9s} {c:3d} clients: {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
                       f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
+        c = max(cfg.concurrency)
+        for name in ("batched", "unbatched"):
+            handle = serve.get_deployment_handle("Scorer", app_name=name)
+            res = await _handle_loop(handle, score_item, c, cfg.seconds_per_level)
+            out[f"scorer_handle/{name}/c{c}"] = res
+            print(f"scorer handle {name:9s} {c:3d} callers: {res['req_per_s']:7.1f} req/s  p50 {res['p50_ms']:7.1f} ms"
+                  f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
         return out
 
     metrics.update(asyncio.run(run_all()))
@@ -155,6 +201,10 @@ def main(argv=None) -> dict:
     ratio = metrics[f"score/batched/c{c}"]["req_per_s"] / max(metrics[f"score/unbatched/c{c}"]["req_per_s"], 1e-9)
     metrics[f"batched_over_unbatched_c{c}"] = ratio
     print(f"batched / unbatched throughput at {c} clients: {ratio:.2f}x", flush=True)
+    h = metrics[f"scorer_handle/batched/c{c}"]["req_per_s"] / max(
+        metrics[f"scorer_handle/unbatched/c{c}"]["req_per_s"], 1e-9)
+    metrics[f"scorer_handle_batched_over_unbatched_c{c}"] = h
+    print(f"batched / unbatched at the Scorer's handle, {c} callers: {h:.2f}x", flush=True)
     serve.delete("unbatched")
 
     # Onboarding latency: sequential, then 8 clients.
