@@ -46,6 +46,7 @@ class BenchServeConfig(JobConfig):
     sustained_seconds: float = Field(60.0, gt=0)
     sustained_clients: int = Field(8, ge=1)
     port: int = Field(8000, ge=1)
+    metrics_port: int = Field(9109, ge=1, description="Ray's Prometheus export (scraped once at the end)")
     num_cpus: int = Field(2, ge=1, description="local Ray CPUs (replicas take 0 CPUs each)")
     torch_threads: int | None = Field(1, ge=1, description=(
         "scorer intra-op threads; 1 on a shared 2-core machine, where 2 OpenMP threads spin-wait "
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
         resp = [text] + [rows[rng.randrange(len(rows))][2] for _ in range(k - 1)]
         return "/v1/score", {"user_id": users[rng.randrange(len(users))], "prompt": ptext[pid], "responses": resp}
 
-    init_ray(num_cpus=cfg.num_cpus, include_dashboard=False)
+    init_ray(num_cpus=cfg.num_cpus, include_dashboard=False, _metrics_export_port=cfg.metrics_port)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     base = {"gnn_dir": cfg.gnn_dir, "reward_dir": cfg.reward_dir, "dataset": dataset,
             "scorer": {"num_cpus": 0, "max_ongoing_requests": max(64, 2 * cfg.max_batch_size),
@@ -257,6 +258,14 @@ def main(argv=None) -> dict:
     health = requests.get(f"{url}/b/v1/health", timeout=30).json()
     metrics["scorer_stats"] = health["scorer"]
     print(f"scorer: {health['scorer']}", flush=True)
+    try:  # Serve's own ray_serve_* and ours (ray.serve.metrics) on the Prometheus endpoint
+        text = requests.get(f"http://127.0.0.1:{cfg.metrics_port}/metrics", timeout=10).text
+        names = sorted({line.split("{")[0] for line in text.splitlines()
+                        if line.startswith(("ray_copl_", "ray_serve_num_http_requests"))})
+    except requests.RequestException as exc:
+        names = [f"scrape failed: {exc}"]
+    metrics["prometheus"] = names
+    print(f"prometheus: {names}", flush=True)
     serve.delete("batched")
     serve.shutdown()
     write_resolved_config(cfg, cfg.output_dir)
