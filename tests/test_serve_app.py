@@ -287,7 +287,7 @@ def test_concurrent_requests_share_forwards(live):
     after = requests.get(live["url"] + "/v1/health", timeout=30).json()["scorer"]
     assert all(r == pytest.approx(alone[u], abs=1e-4) for u, r in got)  # batch neighbours change nothing
     assert after["requests"] - before["requests"] == 48
-    assert after["batches"] - before["batches"] < 48 and after["max_batch"] > 1
+    assert after["forwards"] - before["forwards"] < 48 and after["max_forward"] > 1  # shared forwards
 
 
 def test_onboarding_autoscales_past_its_target(live):

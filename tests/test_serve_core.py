@@ -97,3 +97,38 @@ def test_dataset_of_reads_the_gnn_config(parts, tmp_path):
     assert dataset_of(parts["gnn"]) == str(parts["data"])
     with pytest.raises(FileNotFoundError, match="dataset="):
         dataset_of(tmp_path)
+
+
+def test_coalescer_merges_batches_that_wait_for_the_model():
+    import asyncio
+    import threading
+    import time as _time
+
+    from copl_ray.serving.core import ForwardCoalescer
+
+    sizes = []
+    started = threading.Event()
+
+    def forward(items):
+        sizes.append(len(items))
+        started.set()
+        _time.sleep(0.2)  # a slow model: the other callers arrive meanwhile
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        return [x * 10 for x in items]
+
+    async def main():
+        co = ForwardCoalescer(forward, max_items=4, on_forward=lambda n: None)
+        first = asyncio.create_task(co.submit([0]))
+        await asyncio.to_thread(started.wait)
+        rest = [asyncio.create_task(co.submit([i, i + 100])) for i in range(1, 4)]  # 6 items wait
+        out = [await first] + [await t for t in rest]
+        bad = asyncio.create_task(co.submit(["boom"]))
+        with pytest.raises(RuntimeError, match="model failed"):
+            await bad
+        return co, out
+
+    co, out = asyncio.run(main())
+    assert out == [[0], [10, 1010], [20, 1020], [30, 1030]]  # each caller gets its own, in order
+    assert sizes[:3] == [1, 4, 2]  # the waiting batches join the next forwards, at most 4 at a time
+    assert co.forwards == 4 and co.max_forward == 4

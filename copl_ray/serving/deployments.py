@@ -1,7 +1,8 @@
 """The Ray Serve deployments of the scoring/onboarding application (CONTRACT section 4).
 
 * ``Scorer``: `@serve.batch` gathers concurrent requests into one forward of the reward model
-  (`ScoringCore.score`: the mixed-user MoLE path, each row its own user). ``max_ongoing_requests``
+  (`ScoringCore.score`: the mixed-user MoLE path, each row its own user); batches that wait for
+  the busy model are merged into its next forward (`ForwardCoalescer`). ``max_ongoing_requests``
   must be >= ``max_batch_size`` or batches never fill (ENVIRONMENT.md: with the default 5 a batch
   of 32 never got above 5); `copl_ray.serving.app.AppArgs` checks it.
 * ``Onboarding``: adaptation + store writes + survey, its own deployment with an
@@ -24,7 +25,8 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from copl_ray.serving.core import OnboardingCore, RequestError, ScoreItem, ScoringCore, UserDirectory
+from copl_ray.serving.core import (ForwardCoalescer, OnboardingCore, RequestError, ScoreItem, ScoringCore,
+                                  UserDirectory)
 from copl_ray.serving.protocol import (AnnotationsRequest, CompareRequest, Limits, OnboardRequest, RewardRequest,
                                        ScoreRequest, SurveyRequest, bearer_ok, check_text, check_user_id,
                                        label_user, split_query)
@@ -36,7 +38,11 @@ BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 @serve.deployment(max_ongoing_requests=64)
 class Scorer:
-    """One reward model per replica; concurrent requests share a forward."""
+    """One reward model per replica; concurrent requests share a forward.
+
+    `@serve.batch` gathers requests into batches; batches that arrive while the model is busy are
+    merged into its next forward (`ForwardCoalescer`, at most ``max_batch_size`` requests each).
+    """
 
     def __init__(self, reward_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01,
                  device: str = "auto", torch_threads: int | None = None):
@@ -50,24 +56,26 @@ class Scorer:
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._hist = Histogram("copl_scorer_batch_size", description="requests scored by one forward",
                                boundaries=BATCH_BOUNDARIES)
+        self._forward = ForwardCoalescer(self.core.score, max_batch_size, on_forward=self._hist.observe)
         self._batches, self._requests, self._max_batch = 0, 0, 0
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    # max_concurrent_batches: how many cut batches may wait together and so join one forward
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=16)
     async def score_batch(self, items: list[ScoreItem]) -> list[list[float]]:
-        self._hist.observe(len(items))
         self._batches += 1
         self._requests += len(items)
         self._max_batch = max(self._max_batch, len(items))
-        # Off the event loop, so requests keep arriving (and form the next batch) during the forward.
-        return await asyncio.to_thread(self.core.score, items)
+        return await self._forward.submit(items)
 
     async def score(self, item: ScoreItem) -> list[float]:
         return await self.score_batch(item)
 
     def stats(self) -> dict:
+        f = self._forward
         return {"method": self.core.method, "device": str(self.core.device), "batches": self._batches,
-                "requests": self._requests, "max_batch": self._max_batch,
-                "max_batch_size": self._max_batch_size}
+                "requests": self._requests, "max_batch": self._max_batch, "max_batch_size": self._max_batch_size,
+                "forwards": f.forwards, "max_forward": f.max_forward,
+                "mean_forward": f.items / f.forwards if f.forwards else 0.0}
 
 
 def _call(fn, *args) -> tuple[int, dict]:
