@@ -20,8 +20,8 @@ it, into ``O/<stage>/``):
 
 A stage's keys are a mapping of that job's ``key: value``; the key ``config`` names a YAML file for
 its ``--config``. A stage is skipped when its ``metrics.json`` exists and its fingerprint (its
-arguments, the content of its config file and the fingerprints of the stages it reads) matches the
-one recorded when it finished, so a failed or interrupted run resumes at the stage that failed and a
+arguments, the content of its config file and the fingerprints of what it reads; for a given
+``dataset``, the paths, sizes and times of its files) matches the one recorded when it finished, so a failed or interrupted run resumes at the stage that failed and a
 changed key reruns that stage and everything downstream of it.
 """
 
@@ -94,6 +94,15 @@ def fingerprint(job: str, argv: list[str], upstream: list[str]) -> str:
     if "--config" in argv:
         h.update(Path(argv[argv.index("--config") + 1]).read_bytes())
     return h.hexdigest()[:16]
+
+
+def dataset_signature(root: Path) -> str:
+    """A given dataset's identity: every file's path, size and modification time (no reading)."""
+    if not root.is_dir():
+        raise SystemExit(f"error: dataset: {root} is not a directory")
+    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in root.rglob("*") if p.is_file())
+    return "dataset:" + hashlib.sha256(json.dumps([str(root), files]).encode()).hexdigest()[:16]
 
 
 class Runner:
@@ -184,7 +193,8 @@ def main(argv=None) -> dict:
         _, data_fp = runner.run("data", "make_synthetic", stage_argv(cfg.synthetic, output_dir=str(out / "data")), [])
         dataset = str(out / "data")
     else:
-        dataset, data_fp = str(Path(cfg.dataset).resolve()), f"dataset:{Path(cfg.dataset).resolve()}"
+        dataset = str(Path(cfg.dataset).resolve())
+        data_fp = dataset_signature(Path(dataset))
     gnn_dir, adapt_dir = str(out / "gnn"), str(out / "adapt")
     gnn, gnn_fp = runner.run("gnn", "train_gnn", stage_argv(cfg.train_gnn, dataset=dataset, output_dir=gnn_dir),
                              [data_fp])

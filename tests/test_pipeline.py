@@ -63,3 +63,16 @@ def test_stage_argv_flattens_keys_and_refuses_to_override_paths(capsys):
     with pytest.raises(SystemExit):
         job.main(["methods=[copl, best]", "output_dir=/tmp/never"])
     assert "methods" in capsys.readouterr().err
+
+
+def test_dataset_signature_follows_the_files(tmp_path):
+    job = load_job("pipeline")
+    (tmp_path / "annotations").mkdir()
+    shard = tmp_path / "annotations" / "a.parquet"
+    shard.write_bytes(b"x")
+    first = job.dataset_signature(tmp_path)
+    assert job.dataset_signature(tmp_path) == first
+    (tmp_path / "annotations" / "b.parquet").write_bytes(b"y")  # an appended shard (onboarding)
+    assert job.dataset_signature(tmp_path) != first
+    with pytest.raises(SystemExit, match="not a directory"):
+        job.dataset_signature(tmp_path / "missing")
