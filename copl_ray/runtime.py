@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["JOBS_DIR", "init_ray", "load_job"]
+__all__ = ["JOBS_DIR", "init_ray", "load_job", "job_config_model"]
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -41,3 +41,15 @@ def load_job(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def job_config_model(module: ModuleType) -> type:
+    """The job's config model: the one `JobConfig` subclass of ``module`` with an ``output_dir``."""
+    from copl_ray.config import JobConfig
+
+    models = {obj for obj in vars(module).values()
+              if isinstance(obj, type) and issubclass(obj, JobConfig) and obj is not JobConfig
+              and "output_dir" in obj.model_fields}
+    if len(models) != 1:
+        raise TypeError(f"{module.__name__}: expected one job config model, found {models}")
+    return models.pop()

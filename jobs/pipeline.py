@@ -40,7 +40,8 @@ import yaml  # noqa: E402
 from pydantic import Field, field_validator  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
-from copl_ray.runtime import init_ray, load_job  # noqa: E402
+from copl_ray.config import ConfigError, load_config  # noqa: E402
+from copl_ray.runtime import init_ray, job_config_model, load_job  # noqa: E402
 
 STAGE_FILE = "pipeline_stage.json"
 REWARD_METHODS = ("copl", "uniform", "no_gnn", "no_mole", "g_oracle")
@@ -180,8 +181,28 @@ def write_report(out: Path, cfg: PipelineConfig, stages: dict, figures: dict) ->
     return path
 
 
+def check_stage_keys(cfg: PipelineConfig) -> None:
+    """Validate every stage's keys with its job's own config model before anything runs, so a typo
+    in the last stage fails in a second, not after hours of the first ones."""
+    paths = {"dataset": "/d", "gnn_dir": "/g", "adapt_dir": "/a", "reward_dir": "/r", "output_dir": "/o"}
+    stages = [("train_gnn", cfg.train_gnn, ("dataset", "output_dir")),
+              ("adapt_users", cfg.adapt_users, ("dataset", "gnn_dir", "output_dir")),
+              ("train_reward", cfg.train_reward, ("dataset", "gnn_dir", "output_dir")),
+              ("evaluate", cfg.evaluate, ("dataset", "gnn_dir", "reward_dir", "adapt_dir", "output_dir"))]
+    if cfg.dataset is None:
+        stages.insert(0, ("make_synthetic", cfg.synthetic, ("output_dir",)))
+    for job, keys, given in stages:
+        argv = stage_argv(keys, **{k: paths[k] for k in given})
+        config_file = argv[1] if argv[:1] == ["--config"] else None
+        try:
+            load_config(job_config_model(load_job(job)), config_file, argv[2 if config_file else 0:])
+        except (ConfigError, FileNotFoundError) as exc:
+            raise SystemExit(f"error: pipeline stage {job}: {exc}") from None
+
+
 def main(argv=None) -> dict:
     cfg = parse_job_args(PipelineConfig, argv)
+    check_stage_keys(cfg)
     out = Path(cfg.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_resolved_config(cfg, out)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from copl_ray.config import JobConfig, load_config
+from copl_ray.runtime import job_config_model
 from tests.job_loader import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,14 +25,7 @@ def _job_name(path: Path) -> str:
 
 
 def _config_model(job: str) -> type[JobConfig]:
-    module = load_job(job)
-    models = {
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, JobConfig) and obj is not JobConfig
-        and "output_dir" in obj.model_fields
-    }
-    assert len(models) == 1, f"jobs/{job}.py: expected one job config model, found {models}"
-    return models.pop()
+    return job_config_model(load_job(job))
 
 
 def test_there_are_configs():

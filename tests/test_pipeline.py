@@ -76,3 +76,10 @@ def test_dataset_signature_follows_the_files(tmp_path):
     assert job.dataset_signature(tmp_path) != first
     with pytest.raises(SystemExit, match="not a directory"):
         job.dataset_signature(tmp_path / "missing")
+
+
+def test_a_typo_in_a_late_stage_fails_before_anything_runs(tmp_path, capsys):
+    job = load_job("pipeline")
+    with pytest.raises(SystemExit, match=r"(?s)stage evaluate.*max_pair"):
+        job.main([*TINY, "evaluate.max_pair=3", f"output_dir={tmp_path / 'o'}"])
+    assert not (tmp_path / "o" / "data").exists()  # the first stage never started
