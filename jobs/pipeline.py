@@ -145,7 +145,7 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def write_report(out: Path, cfg: PipelineConfig, stages: dict, figures: dict) -> Path:
+def write_report(out: Path, stages: dict, figures: dict) -> Path:
     """``O/report.md``: the tables of ``figures`` (what main collected) and the plots beside it."""
     lines = ["# CoPL pipeline report", "",
              f"Dataset: `{figures['dataset']}`. Every figure is a pairwise accuracy (%) on held-out pairs: "
@@ -154,18 +154,11 @@ def write_report(out: Path, cfg: PipelineConfig, stages: dict, figures: dict) ->
     if rows:
         lines += ["## Reward models", "", "| method | seen | unseen |", "|---|---|---|"]
         lines += [f"| {m} | {_pct(r['seen'])} | {_pct(r['unseen'])} |" for m, r in rows.items()]
-        groups = sorted({g for r in rows.values() for g in r["seen_by_group"]})
-        if groups:
-            lines += ["", "Seen accuracy by group:", "", "| method | " + " | ".join(groups) + " |",
-                      "|---|" + "---|" * len(groups)]
-            lines += [f"| {m} | " + " | ".join(_pct(r["seen_by_group"].get(g)) for g in groups) + " |"
-                      for m, r in rows.items()]
-        kinds = sorted({k for r in rows.values() for k in r["seen_by_kind"]})
-        if kinds:
-            lines += ["", "Seen accuracy by pair kind:", "", "| method | " + " | ".join(kinds) + " |",
-                      "|---|" + "---|" * len(kinds)]
-            lines += [f"| {m} | " + " | ".join(_pct(r["seen_by_kind"].get(k)) for k in kinds) + " |"
-                      for m, r in rows.items()]
+        for key, title in (("seen_by_group", "Seen accuracy by group:"), ("seen_by_kind", "Seen accuracy by pair kind:")):
+            columns = sorted({c for r in rows.values() for c in r[key]})
+            if columns:
+                lines += ["", title, "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+                lines += [f"| {m} | " + " | ".join(_pct(r[key].get(c)) for c in columns) + " |" for m, r in rows.items()]
     emb = figures["embeddings"]
     lines += ["", "## User embeddings (dot-product scores, no LLM)", "",
               "| learner | seen | unseen |", "|---|---|---|"]
@@ -251,7 +244,7 @@ def main(argv=None) -> dict:
                "gnn_chosen": (gnn.get("selection") or {}).get("chosen")}
     metrics = {**figures, "stages": runner.record, "wall_seconds": time.perf_counter() - t0}
     write_metrics(metrics, out)
-    report = write_report(out, cfg, runner.record, figures)
+    report = write_report(out, runner.record, figures)
     print(report.read_text(), flush=True)
     return metrics
 

@@ -78,14 +78,29 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard}"
 
-    def alive_nodes(self) -> int:
-        """ALIVE nodes by the dashboard's state API (an HTTP call from this process: no CLI per poll)."""
+    def alive_nodes(self, with_resource: str | None = None) -> int:
+        """ALIVE nodes (holding ``with_resource`` if given), by the dashboard's state API: an HTTP
+        call from this process, no CLI per poll; 0 while the dashboard does not answer."""
         from ray.util.state import list_nodes
 
         try:
-            return len(list_nodes(address=self.url, filters=[("state", "=", "ALIVE")], timeout=30))
-        except Exception:  # the dashboard is not up yet
+            nodes = list_nodes(address=self.url, filters=[("state", "=", "ALIVE")], detail=True, timeout=30)
+        except Exception:
             return 0
+        return sum(1 for n in nodes if with_resource is None or with_resource in (n.resources_total or {}))
+
+    def join(self, name: str, attempts: int = 3, timeout: float = 240) -> None:
+        """Add worker node ``name`` and wait until it is ALIVE; a start that fails (a raylet giving
+        up on a loaded machine: "timed out during startup") is retried."""
+        for _ in range(attempts):
+            self.add_node(name)
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and self.nodes[name].poll() is None:
+                if self.alive_nodes(with_resource=name):
+                    return
+                time.sleep(1)
+            self.kill(name)
+        raise AssertionError(f"node {name} did not join in {attempts} attempts")
 
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:
@@ -110,8 +125,7 @@ def cluster(tmp_path):
     try:
         # Generous waits: on a loaded 2-core machine a node takes minutes to come up.
         _wait(lambda: c.alive_nodes() >= 1, 300, "the head node")
-        c.add_node("node2")
-        _wait(lambda: c.alive_nodes() >= 2, 300, "the second node")
+        c.join("node2")
         yield c
     finally:
         c.stop()
@@ -142,7 +156,7 @@ def test_train_gnn_job_spans_two_nodes_and_survives_losing_one(cluster, tmp_path
     _wait(lambda: checkpoints() or "FAILED" in status(), 600, "the first checkpoint", step=0.5)
     assert checkpoints(), status()
     cluster.kill("node2")
-    cluster.add_node("node3")  # the replacement node, as an autoscaler would start it
+    cluster.join("node3")  # the replacement node, as an autoscaler would start it
     _wait(lambda: any(s in status() for s in ("SUCCEEDED", "FAILED", "STOPPED")), 900, "the job to end", step=2)
     assert "SUCCEEDED" in status(), client.get_job_logs(job_id)[-4000:]
 

@@ -46,9 +46,10 @@ def test_pipeline_runs_every_stage_then_resumes(ray_session, tmp_path):
     changed = job.main([*TINY[:-1], "evaluate.max_pairs=40", "methods=[copl, uniform]", f"output_dir={out}"])
     assert _ran(changed) == {"eval_copl", "eval_uniform"}
 
-    # A failing stage stops the run; once fixed, the run resumes there (upstream stays skipped).
-    with pytest.raises((SystemExit, Exception)):
-        job.main([*TINY, "train_reward.max_length=4", "methods=[copl]", f"output_dir={out}"])
+    # A stage failing at run time stops the run; once fixed, the run resumes there (upstream skipped).
+    with pytest.raises(Exception):
+        job.main([*TINY, "train_reward.fail_at_step=0", "train_reward.max_failures=0", "methods=[copl]",
+                  f"output_dir={out}"])
     assert not (out / "reward_copl" / "pipeline_stage.json").exists()
     resumed = job.main([*TINY, "methods=[copl]", f"output_dir={out}"])
     assert _ran(resumed) == {"reward_copl", "eval_copl"}
