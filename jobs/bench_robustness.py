@@ -31,12 +31,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.latent_suite import LatentCase, generate_latent_dataset  # noqa: E402
-from copl_ray.eval.references import fit_references  # noqa: E402
+from copl_ray.eval.references import fit_references_for  # noqa: E402
 from copl_ray.runtime import init_ray, load_job  # noqa: E402
 
 DEFAULT_SUITE: list[dict] = [
@@ -73,9 +72,7 @@ def run_case(case: LatentCase, root: Path, cfg: BenchRobustnessConfig) -> dict:
     row = {"case": case.name, "seed": case.seed, "data": info, "copl": g["gnn_test_accuracy"],
            "copl_selection": {k: g["selection"].get(k) for k in ("chosen", "best_epoch", "val_accuracy")},
            "train_gnn_seconds": time.perf_counter() - t0}
-    # References on the same validation split train_gnn carved (its resolved fraction and seed).
-    ran = yaml.safe_load((gnn / "config.yaml").read_text())
-    for name, ref in fit_references(data, ran["val_fraction"], ran["seed"]).items():
+    for name, ref in fit_references_for(data, gnn).items():  # on train_gnn's validation split
         row[name], row[f"{name}_settings"] = ref.test_accuracy, ref.settings
     if cfg.adapt:
         a = load_job("adapt_users").main([f"dataset={data}", f"gnn_dir={gnn}", f"output_dir={adapt}"])

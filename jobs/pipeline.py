@@ -36,7 +36,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
 from pydantic import Field, field_validator  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
@@ -256,12 +255,11 @@ def _method(adapt: dict, name: str):
 
 def _references(dataset: str, gnn_dir: Path) -> dict:
     """GNN-level references on the validation split train_gnn carved (its resolved fraction, seed)."""
-    from copl_ray.eval.references import fit_references
+    from copl_ray.eval.references import fit_references_for
 
-    ran = yaml.safe_load((gnn_dir / "config.yaml").read_text())
     names = {"shared": "one shared preference", "free": "free embeddings, no graph (dim, L2 tuned)",
              "clusters": "groups from agreement clustering, no GNN", "true_groups": "true groups (oracle)"}
-    fits = fit_references(dataset, ran["val_fraction"], ran["seed"])
+    fits = fit_references_for(dataset, gnn_dir)
     return {names[k]: {"seen": f.test_accuracy} for k, f in fits.items()}
 
 

@@ -33,7 +33,7 @@ from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
 __all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters",
-           "REFERENCES", "fit_references"]
+           "REFERENCES", "fit_references", "fit_references_for"]
 
 FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
 CLUSTER_GRID = tuple((k, c) for k in (4, 8) for c in (2, 3, 4, 6))  # (eigenvectors, clusters)
@@ -182,6 +182,17 @@ def fit_clusters(n_users: int, n_responses: int, fit: Triples, val: Triples, tes
 
 
 REFERENCES = ("shared", "free", "clusters", "true_groups")
+
+
+def fit_references_for(dataset, gnn_dir, which=REFERENCES) -> dict[str, Fit]:
+    """`fit_references` on the validation split a ``train_gnn`` output carved (its resolved
+    ``val_fraction`` and ``seed`` in ``gnn_dir/config.yaml``), so references and GNN share it."""
+    from pathlib import Path
+
+    import yaml
+
+    ran = yaml.safe_load((Path(gnn_dir) / "config.yaml").read_text())
+    return fit_references(dataset, ran["val_fraction"], ran["seed"], which)
 
 
 def fit_references(dataset, val_fraction: float, seed: int, which=REFERENCES) -> dict[str, Fit]:
