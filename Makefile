@@ -27,11 +27,12 @@ $(ORLHF_STAMP):
 	$(ORLHF_VENV)/bin/pip install --quiet aiohttp==3.14.5
 	touch $(ORLHF_STAMP)
 
+# The two-node cluster test runs in its own pytest process after the suite: it starts its own Ray
+# cluster, apart from the suite's shared local instance, and needs the box's cores to itself.
 test: install $(ORLHF_STAMP)
 	$(LOOPBACK) $(PY) -m pytest -m "not gpu and not multinode" tests
+	$(LOOPBACK) $(PY) -m pytest -m multinode tests
 
-# The two-node cluster test: passed alone here (145-351 s) but failed inside 2 of 3 clean-clone
-# full-suite runs (job submit / node start under load); kept out of `make test` until it is reliable.
 test-multinode: install
 	$(LOOPBACK) $(PY) -m pytest -m multinode tests
 

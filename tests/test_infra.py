@@ -462,9 +462,6 @@ def test_rayservice_reads_the_rayjobs_outputs_on_the_shared_volume():
         assert Path(place).is_relative_to(run_dir), f"args.{key} -> {place}, outside the RayJob's {run_dir}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "configs/serve/gpu.yaml names runs/reward; jobs/pipeline.py writes reward_<method> (reward_copl). "
-    "A configs/serve file for the cluster (or a pipeline alias) fixes it; then drop this mark"))
 def test_rayservice_artifacts_are_the_pipelines():
     job_out = validate_job_argv("pipeline", shlex.split(manifest("RayJob")["spec"]["entrypoint"])[2:])
     run_dir = Path(_yaml(PVC)["metadata"]["name"], Path(job_out.output_dir).relative_to(SHARED_MOUNT))
@@ -475,9 +472,6 @@ def test_rayservice_artifacts_are_the_pipelines():
             assert places <= expected[key], f"args.{key} -> {places}; the pipeline writes {expected[key]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "configs/serve/gpu.yaml binds the Serve proxy to 127.0.0.1: KubeRay's serve Service reaches pods on "
-    "their IP, so it needs http_options.host 0.0.0.0 (the deploy schema's default). Fix the file; drop this mark"))
 def test_rayservice_proxy_is_reachable():
     config, _ = embedded_serve_config()
     assert config.get("http_options", {}).get("host", "0.0.0.0") == "0.0.0.0"
