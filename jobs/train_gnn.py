@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copl_ray.config import parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.data.dataset import exit_on_dataset_error, validate_dataset  # noqa: E402
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
+from copl_ray.gnn.agreement_init import AGREEMENT_RANK, agreement_spectrum  # noqa: E402
 from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
@@ -31,7 +32,8 @@ from copl_ray.runtime import init_ray  # noqa: E402
 
 # Keys the grid varies; an explicitly set one stays as given (each set goes together: the layer
 # kind is transform + activation + target-edge masking, the depth is num_layers + fanouts).
-_GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"}, {"transform", "activation", "exclude_target_edges"})
+_GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"}, {"transform", "activation", "exclude_target_edges"},
+               {"user_init"})
 
 
 def _accuracy_metrics(prefix: str, acc: dict, split: str) -> dict:
@@ -82,7 +84,7 @@ def _selection_metrics(runs: list, chosen: int | None, val) -> dict:
         es = state.get("early_stopping") or {}
         best = es.get("best") or [None, None]
         rows.append({"settings": {k: getattr(run_cfg, k) for k in ("transform", "activation", "exclude_target_edges",
-                                                                 "num_layers", "fanouts", "lr", "l2", "dim")},
+                                                                 "num_layers", "fanouts", "lr", "l2", "dim", "user_init")},
                      "varied": sorted(update), "best_epoch": es.get("best_epoch"), "epochs_run": len(state["history"]),
                      "val_accuracy": best[0], "val_loss": best[1]})
     if val is None:
@@ -133,6 +135,10 @@ def main(argv=None) -> dict:
     data.update(eval_user=scored.user, eval_chosen=scored.chosen, eval_rejected=scored.rejected)
     candidates = grid_candidates(cfg, len(built.train)) if val is not None else [{}]
     t0 = time.perf_counter()
+    if cfg.model == "copl" and any(c.get("user_init", cfg.user_init) == "agreement" for c in candidates):
+        # From the fit pairs only: validation pairs must not shape the start either.
+        data["user_spectrum"] = agreement_spectrum(g.n_users, g.n_responses, fit, AGREEMENT_RANK, cfg.seed
+                                                   ).astype("float32")
     data_ref = ray.put(data)
     runs = []
     for i, update in enumerate(candidates):

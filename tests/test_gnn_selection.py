@@ -83,7 +83,7 @@ def test_explicit_keys_are_not_varied_by_the_grid():
     assert all("transform" not in c and "exclude_target_edges" not in c for c in layer)
     pinned = job.grid_candidates(load_config(TrainGNNConfig, None, base + ["num_layers=2", "fanouts=[5,5]"]), 1000)
     assert all("num_layers" not in c and "fanouts" not in c for c in pinned)
-    everything = base + ["num_layers=2", "fanouts=[5,5]", "lr=0.01", "l2=0.5", "transform=false"]
+    everything = base + ["num_layers=2", "fanouts=[5,5]", "lr=0.01", "l2=0.5", "transform=false", "user_init=random"]
     assert job.grid_candidates(load_config(TrainGNNConfig, None, everything), 1000) == [{}]
 
 

@@ -9,8 +9,9 @@
 * ``true_groups``: a learner given every user's true group: a score per (group, response). An
   upper reference for group-structured data (it knows what the others must infer);
 * ``clusters``: groups inferred from the annotations alone, without a GNN: spectral clustering of
-  the signed user-user agreement matrix A = B B^T (B: users x responses, +1 chosen, -1 rejected),
-  then a score per (cluster, response); the eigenvector count and cluster count are chosen on
+  the signed user-user agreement matrix A = B B^T (B: users x responses, +1 chosen, -1 rejected;
+  `copl_ray.gnn.agreement_init`, the spectrum ``train_gnn`` can start from), then a score per
+  (cluster, response); the eigenvector count and cluster count are chosen on
   validation. Where it, too, stays near ``shared`` while ``true_groups`` is far above, the groups
   are not recoverable from this many annotations by such a learner (below the detection threshold
   of community detection: too few co-annotations per user for this many groups).
@@ -25,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
+from copl_ray.gnn.agreement_init import agreement_spectrum
 from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
@@ -139,27 +140,6 @@ def fit_true_groups(group_of_user: np.ndarray, n_responses: int, fit: Triples, v
 
     v, t, e = _train(model, fit, val, test, l2=0.0, lr=lr, epochs=epochs, seed=seed, remap=remap)
     return Fit(v, t, {"epoch": e, "n_groups": n_groups})
-
-
-def agreement_spectrum(n_users: int, n_responses: int, fit: Triples, k: int, seed: int = 0) -> np.ndarray:
-    """[n_users, k] row-normalised top eigenvectors of D^-1/2 (B B^T - diag) D^-1/2.
-
-    B [n_users, n_responses] holds +1 at (u, chosen) and -1 at (u, rejected), so (B B^T)[u, v] is
-    the number of times u and v chose alike minus the times they chose apart.
-    """
-    from scipy.sparse.linalg import eigsh
-
-    rows = np.concatenate([fit.user, fit.user])
-    cols = np.concatenate([fit.chosen, fit.rejected])
-    vals = np.repeat([1.0, -1.0], len(fit.user))
-    b = sp.csr_matrix((vals, (rows, cols)), shape=(n_users, n_responses))
-    a = (b @ b.T).tocsr()
-    a.setdiag(0)
-    a.eliminate_zeros()
-    d = sp.diags((np.asarray(abs(a).sum(1)).ravel() + 1.0) ** -0.5)  # +1: isolated users stay finite
-    v0 = np.random.default_rng(seed).normal(size=n_users)  # eigsh's start vector: reproducible
-    _, vec = eigsh(d @ a @ d, k=min(k, n_users - 2), which="LA", v0=v0)
-    return vec / (np.linalg.norm(vec, axis=1, keepdims=True) + 1e-12)
 
 
 def fit_clusters(n_users: int, n_responses: int, fit: Triples, val: Triples, test: Triples,

@@ -82,6 +82,11 @@ class TrainGNNConfig(JobConfig):
         " e + a+ - a-; with activation=false it generalized best at d=64 (docs/ARCHITECTURE.md)"))
     activation: bool = Field(False, description="copl: LeakyReLU after each layer (paper: true)")
     model_options: dict = Field(default_factory=dict, description="extra model config fields")
+    user_init: Literal["random", "agreement"] = Field("random", description=(
+        "copl: e^(0) of users. random: N(0, init_std^2) (paper). agreement: the first"
+        " AGREEMENT_RANK columns start from the signed agreement spectrum of the train pairs"
+        " (copl_ray/gnn/agreement_init.py; departs from the paper), row norm user_init_norm"))
+    user_init_norm: float = Field(0.1, gt=0, description="user_init=agreement: row norm of the warm start")
     mode: Literal["sampled", "full"] = "sampled"
     exclude_target_edges: bool | None = Field(None, description=(
         "score each training pair without its own two edges in the message-passing graph"
@@ -130,7 +135,8 @@ class TrainGNNConfig(JobConfig):
     early_stopping_patience: int | None = Field(3, ge=1, description=(
         "stop after this many epochs without a better validation score (None: run all epochs)"))
     grid: bool | Literal["auto"] = Field("auto", description=(
-        "train each candidate of copl_ray.gnn.selection.GRID_CANDIDATES (layer kind, layers, lr, l2) and keep the"
+        "train each candidate of copl_ray.gnn.selection.GRID_CANDIDATES (layer kind, layers, lr, l2, user start)"
+        " and keep the"
         " best on validation. auto: copl with a validation split and at most grid_max_train_pairs"
         " train pairs, varying only the keys not set explicitly; true / false force it on / off"))
     grid_max_train_pairs: int = Field(500_000, ge=0, description="grid=auto: the largest train split it runs on")
@@ -316,7 +322,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     ``config = {"job": TrainGNNConfig as dict, "data": ObjectRef of a dict of numpy arrays
     (graph edges ``pos_user``..., train triples ``train_user/train_chosen/train_rejected``, the
-    pairs scored each epoch ``eval_user/eval_chosen/eval_rejected``, ``response_in_graph``),
+    pairs scored each epoch ``eval_user/eval_chosen/eval_rejected``, ``response_in_graph``;
+    ``user_spectrum`` [n_users, k] when ``user_init="agreement"``),
     "n_users": int, "n_responses": int}``.
     """
     import ray
@@ -340,7 +347,14 @@ def train_loop_per_worker(config: dict) -> None:
     n_train = len(train_u)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, n_users, n_responses).to(device)
+    model = build_model(cfg, n_users, n_responses)
+    if cfg.model == "copl" and cfg.user_init == "agreement":
+        if "user_spectrum" not in data:
+            raise ValueError("user_init=agreement: the driver put no user_spectrum in the data")
+        from copl_ray.gnn.agreement_init import warm_start_users
+
+        warm_start_users(model.user_emb.weight, data["user_spectrum"], cfg.user_init_norm)
+    model = model.to(device)
     # Row-sparse gradients where tables are looked up (not full-graph propagation, which reads every
     # row and gives a dense gradient that DDP must then expect). Before DDP: it reads the flag once.
     use_sparse_embedding_grads(model, cfg.optimizer != "adamw" and not (_is_gnn(model) and cfg.mode == "full"))
