@@ -342,3 +342,35 @@ def test_onboarded_user_survives_sigkill_of_the_replicas(live):
     got = requests.get(live["url"] + "/v1/users/durable", timeout=60)
     assert got.status_code == 200 and got.json()["n_annotations"] == 2
     assert post(live, "/v1/score", body).json()["rewards"] == pytest.approx(before, abs=1e-5)
+
+
+def test_bearer_token_guards_every_endpoint_but_health(live):
+    """The same app redeployed with ``bearer_token`` (Serve replaces the ingress replica in place),
+    then back without it: no or a wrong token -> 401 naming the field, nothing stored; the right
+    token -> the normal answer; health stays open (load balancers probe it)."""
+    from copl_ray.serving.app import run_app
+    from copl_ray.store import UserStore
+
+    token = "s3cret-token-for-tests"
+    prompt, short = texts(live, "p0s")
+    score = {"user_id": "u0", "prompt": prompt, "responses": [short]}
+    onboard = {"user_id": "guarded_newbie", "annotations": [{"chosen_id": "p0s", "rejected_id": "p0l"}]}
+    store = UserStore(live["store_path"])
+    run_app(live["args"].model_copy(update={"bearer_token": token}), name=APP)
+    try:
+        before = store.snapshot()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            for method, path, body in (("POST", "/v1/score", score), ("POST", "/v1/users", onboard),
+                                       ("GET", "/v1/users/u0", None), ("DELETE", "/v1/users/u0", None),
+                                       ("POST", "/v1/survey", {"answers": [], "n": 2}),
+                                       ("POST", "/v1/users/u0/get_reward", {"query": ["x"]})):
+                r = requests.request(method, live["url"] + path, json=body, headers=headers, timeout=60)
+                assert r.status_code == 401 and r.json()["field"] == "authorization", (method, path, headers, r.text)
+        assert store.snapshot() == before
+        auth = {"Authorization": f"Bearer {token}"}
+        ok = post(live, "/v1/score", score, headers=auth)
+        assert ok.status_code == 200 and len(ok.json()["rewards"]) == 1
+        assert requests.get(live["url"] + "/v1/health", timeout=30).status_code == 200
+    finally:
+        run_app(live["args"], name=APP)
+    assert post(live, "/v1/score", score).status_code == 200  # open again for the other tests
