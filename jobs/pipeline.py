@@ -54,7 +54,9 @@ class PipelineConfig(JobConfig):
     synthetic: dict = Field(default_factory=lambda: {"preset": "tldr", "n_users": 1000},
                             description="make_synthetic keys (when dataset is not given)")
     train_gnn: dict = Field(default_factory=dict, description="train_gnn keys (none: its defaults)")
-    references: bool = Field(True, description="GNN-level references on train_gnn's validation split")
+    references: bool | list[str] = Field(True, description=(
+        "GNN-level references on train_gnn's validation split (copl_ray.eval.references.REFERENCES):"
+        " true = all, a list = those, false = none"))
     adapt_users: dict = Field(default_factory=dict, description="adapt_users keys")
     train_reward: dict = Field(default_factory=dict, description="train_reward keys, for every method")
     evaluate: dict = Field(default_factory=dict, description="evaluate keys, for every method")
@@ -68,6 +70,20 @@ class PipelineConfig(JobConfig):
         if unknown or not methods:
             raise ValueError(f"methods must be a non-empty list of {REWARD_METHODS}, got {methods}")
         return methods
+
+    @field_validator("references")
+    @classmethod
+    def _known_references(cls, refs: bool | list[str]) -> bool | list[str]:
+        from copl_ray.eval.references import REFERENCES
+
+        if isinstance(refs, list) and (not refs or set(refs) - set(REFERENCES)):
+            raise ValueError(f"references must be true, false or a non-empty list of {REFERENCES}, got {refs}")
+        return refs
+
+    def reference_names(self) -> tuple[str, ...]:
+        from copl_ray.eval.references import REFERENCES
+
+        return REFERENCES if self.references is True else tuple(self.references or ())
 
 
 def stage_argv(keys: dict, **paths: str) -> list[str]:
@@ -200,7 +216,8 @@ def main(argv=None) -> dict:
     write_resolved_config(cfg, out)
     init_ray()
     t0 = time.perf_counter()
-    runner = Runner(out, n_stages=(cfg.dataset is None) + 2 + cfg.references + 2 * len(cfg.methods))
+    refs = cfg.reference_names()
+    runner = Runner(out, n_stages=(cfg.dataset is None) + 2 + bool(refs) + 2 * len(cfg.methods))
 
     if cfg.dataset is None:
         _, data_fp = runner.run("data", "make_synthetic", stage_argv(cfg.synthetic, output_dir=str(out / "data")), [])
@@ -218,9 +235,10 @@ def main(argv=None) -> dict:
                                                     "unseen": _method(adapt, "copl")},
                   "CoPL GNN + Naive Avg": {"unseen": _method(adapt, "naive_avg")},
                   "CoPL GNN + User Opt": {"unseen": _method(adapt, "user_opt")}}
-    if cfg.references:
-        refs, _ = runner.run("references", "references", [], [gnn_fp], fn=lambda: _references(dataset, Path(gnn_dir)))
-        embeddings.update(refs)
+    if refs:
+        fits, _ = runner.run("references", "references", list(refs), [gnn_fp],
+                             fn=lambda: _references(dataset, Path(gnn_dir), refs))
+        embeddings.update(fits)
 
     reward_rows, plots = {}, []
     for method in cfg.methods:
@@ -253,13 +271,13 @@ def _method(adapt: dict, name: str):
     return (adapt.get("methods") or {}).get(name, {}).get("unseen_accuracy_in_graph")
 
 
-def _references(dataset: str, gnn_dir: Path) -> dict:
+def _references(dataset: str, gnn_dir: Path, which: tuple[str, ...]) -> dict:
     """GNN-level references on the validation split train_gnn carved (its resolved fraction, seed)."""
     from copl_ray.eval.references import fit_references_for
 
     names = {"shared": "one shared preference", "free": "free embeddings, no graph (dim, L2 tuned)",
              "clusters": "groups from agreement clustering, no GNN", "true_groups": "true groups (oracle)"}
-    fits = fit_references_for(dataset, gnn_dir)
+    fits = fit_references_for(dataset, gnn_dir, which)
     return {names[k]: {"seen": f.test_accuracy} for k, f in fits.items()}
 
 

@@ -46,6 +46,13 @@ def test_pipeline_runs_every_stage_then_resumes(ray_session, tmp_path):
     changed = job.main([*TINY[:-1], "evaluate.max_pairs=40", "methods=[copl, uniform]", f"output_dir={out}"])
     assert _ran(changed) == {"eval_copl", "eval_uniform"}
 
+    # Fewer references rerun the references only, and the report holds just those.
+    fewer = job.main([*TINY[:-1], "evaluate.max_pairs=40", "references=[shared]", "methods=[copl, uniform]",
+                      f"output_dir={out}"])
+    assert _ran(fewer) == {"references"}
+    assert "one shared preference" in fewer["embeddings"]
+    assert not any("free embeddings" in name for name in fewer["embeddings"])
+
     # A stage failing at run time stops the run; once fixed, the run resumes there (upstream skipped).
     with pytest.raises(Exception):
         job.main([*TINY, "train_reward.fail_at_step=0", "train_reward.max_failures=0", "methods=[copl]",
@@ -84,3 +91,7 @@ def test_a_typo_in_a_late_stage_fails_before_anything_runs(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"(?s)stage evaluate.*max_pair"):
         job.main([*TINY, "evaluate.max_pair=3", f"output_dir={tmp_path / 'o'}"])
     assert not (tmp_path / "o" / "data").exists()  # the first stage never started
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        job.main([*TINY, "references=[shared, nope]", f"output_dir={tmp_path / 'o'}"])
+    assert "references: Value error" in capsys.readouterr().err
