@@ -74,9 +74,12 @@ def test_warm_start_writes_the_first_columns_at_the_asked_norm():
     assert torch.equal(wide, torch.tensor(spec[:, :2], dtype=torch.float32))
 
 
-def test_too_few_users_is_a_clear_error():
-    with pytest.raises(ValueError, match="at least 3 users"):
-        agreement_spectrum(2, 2, Triples(np.array([0]), np.array([0]), np.array([1])), 2)
+def test_too_few_users_start_from_nothing():
+    spec = agreement_spectrum(2, 2, Triples(np.array([0]), np.array([0]), np.array([1])), 2)
+    assert spec.shape == (2, 0)
+    w = torch.ones(2, 3)
+    warm_start_users(w, spec, norm=0.1)
+    assert torch.equal(w, torch.ones(2, 3))
 
 
 @pytest.mark.integration

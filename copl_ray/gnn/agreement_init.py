@@ -38,14 +38,15 @@ def signed_incidence(n_users: int, n_responses: int, triples: Triples) -> sp.csr
 
 def agreement_spectrum(n_users: int, n_responses: int, triples: Triples, k: int, seed: int = 0) -> np.ndarray:
     """[n_users, k'] row-normalised top eigenvectors of D^-1/2 A D^-1/2 (module docstring),
-    k' = min(k, n_users - 2). Users without annotations get zero rows.
+    k' = min(k, n_users - 2) (no column below 3 users: nothing to start from). Users without
+    annotations get zero rows.
 
     Cost: O(nnz(B) * k * iterations); no n_users^2 memory.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     if n_users < 3:
-        raise ValueError(f"agreement_spectrum needs at least 3 users, got {n_users}")
+        return np.zeros((n_users, 0))
     b = signed_incidence(n_users, n_responses, triples)
     bt = b.T.tocsr()
     abs_b = abs(b)
