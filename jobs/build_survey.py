@@ -137,6 +137,9 @@ def main(argv=None) -> dict:
         with exit_on_dataset_error():
             metrics["label"] = label_survey(out, plan, lab.test_fraction, lab.seed)
             metrics["label"]["validated_annotations"] = validate_dataset(out).n_annotations
+    elif (out / "users.parquet").exists() or (out / "annotations").exists():
+        print(f"build_survey: warning: {out} still holds users.parquet / annotations/ of an earlier run;"
+              " they may name responses this run dropped (label.n_users > 0 rewrites them)")
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 3)
     write_resolved_config(cfg, out)
     write_metrics(metrics, out)
