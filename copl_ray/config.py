@@ -172,12 +172,17 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def write_metrics(metrics: dict, output_dir: str | os.PathLike) -> Path:
-    """Write ``metrics.json`` atomically (a reader never sees a half-written file)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.json"
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(_json_ready(metrics), indent=2, sort_keys=True))
+def write_json(obj, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON atomically (a temporary name in the same folder, then a
+    rename: a reader never sees a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return path
+
+
+def write_metrics(metrics: dict, output_dir: str | os.PathLike) -> Path:
+    """Write ``output_dir/metrics.json`` atomically."""
+    return write_json(_json_ready(metrics), Path(output_dir) / "metrics.json")

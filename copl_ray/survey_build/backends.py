@@ -68,10 +68,11 @@ def choose_backend(requested: str, spec: VLLMSpec) -> BackendChoice:
     if requested == "transformers":
         return BackendChoice("transformers", None, "requested")
     python = vllm_python(spec)
-    if spec.runtime_env and not spec.python and not has_vllm(python):
+    found = has_vllm(python)  # a subprocess probe: once
+    if spec.runtime_env and not spec.python and not found:
         # A runtime env (container, pip) brings vllm with it: trust it rather than probe.
         return BackendChoice("vllm", None, "vllm.runtime_env given")
-    if has_vllm(python):
+    if found:
         return BackendChoice("vllm", python, f"vllm found in {python or sys.executable}")
     where = python or sys.executable
     if requested == "vllm":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import _thread
 import hashlib
 import json
-import os
 import shutil
 import threading
 import time
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from copl_ray.config import write_json
 from copl_ray.data.dataset import write_table
 
 __all__ = ["GenerationPlan", "ResumeError", "candidate_seed", "check_manifest", "shard_path",
@@ -91,10 +91,7 @@ def check_manifest(out: Path, manifest: dict, resume: bool) -> None:
                 raise ResumeError(f"{gen}: model {name!r} was {old['models'][name]!r}, now {what!r}: use a new"
                                   " output_dir, or resume=false to start over")
         manifest = dict(manifest, models={**old.get("models", {}), **manifest["models"]})
-    gen.mkdir(parents=True, exist_ok=True)
-    tmp = gen / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(manifest, path)
 
 
 def pending_shards(out: Path, plan: GenerationPlan) -> list[int]:
@@ -143,12 +140,6 @@ class _Deadline:
         return False
 
 
-def _write_progress(out: Path, progress: dict) -> None:
-    tmp = out / ".progress.json.tmp"
-    tmp.write_text(json.dumps(progress, indent=2, sort_keys=True))
-    os.replace(tmp, out / "progress.json")
-
-
 def run_generation(out: Path, plan: GenerationPlan, generate, timeout_s: float, log=print) -> dict:
     """Generate the pending shards of ``plan`` with ``generate(requests_dataset) -> candidates
     dataset`` (a backend, backends.py) and write each shard as it completes.
@@ -188,12 +179,13 @@ def run_generation(out: Path, plan: GenerationPlan, generate, timeout_s: float, 
                 table = pa.concat_tables(buffers.pop(k)).select(["prompt_id", "candidate", "response", "n_tokens"])
                 table = table.sort_by([("prompt_id", "ascending"), ("candidate", "ascending")])
                 write_table(table, shard_path(out, plan.model, k))
+                tokens = int(pc.sum(table.column("n_tokens")).as_py() or 0)
                 if not stats["shards_written"]:  # engine start-up + the first shard
                     stats["first_shard_s"] = round(time.perf_counter() - t0, 3)
-                    first_tokens = int(pc.sum(table.column("n_tokens")).as_py() or 0)
+                    first_tokens = tokens
                 stats["shards_written"] += 1
                 stats["candidates"] += table.num_rows
-                stats["tokens"] += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+                stats["tokens"] += tokens
                 done_prompts += plan.shard_rows(k).num_rows
                 elapsed = time.perf_counter() - t0
                 rate = stats["tokens"] / elapsed if elapsed > 0 else 0.0
@@ -202,7 +194,7 @@ def run_generation(out: Path, plan: GenerationPlan, generate, timeout_s: float, 
                             "shards_total": plan.n_shards, "prompts_done_this_run": done_prompts,
                             "prompts_this_run": n_prompts, "tokens": stats["tokens"],
                             "tokens_per_s": round(rate, 2), "eta_s": round(eta, 1)}
-                _write_progress(out, progress)
+                write_json(progress, out / "progress.json")
                 log(f"build_survey: {plan.model}: shard {k} written ({progress['shards_done']}/{plan.n_shards} shards,"
                     f" {done_prompts}/{n_prompts} prompts this run, {rate:.1f} tok/s, eta {eta:.0f} s)")
     stats["seconds"] = round(time.perf_counter() - t0, 3)

@@ -70,14 +70,19 @@ def filter_candidates(candidates: pa.Table, spec: PairSpec) -> CandidateFilter:
     return CandidateFilter(keep, reason)
 
 
+def _rows_by_prompt(prompt_ids: list[str]) -> dict[str, list[int]]:
+    """{prompt_id: its row indices in order}, prompts in first-appearance order."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, pid in enumerate(prompt_ids):
+        by_prompt.setdefault(pid, []).append(i)
+    return by_prompt
+
+
 def near_duplicates(prompt_ids: list[str], emb: np.ndarray, threshold: float) -> np.ndarray:
     """[N] bool: rows whose cosine to an earlier kept row of the same prompt is >= ``threshold``.
     ``emb`` [N, d] unit vectors, rows in keep-priority order."""
     drop = np.zeros(len(prompt_ids), bool)
-    by_prompt: dict[str, list[int]] = {}
-    for i, pid in enumerate(prompt_ids):
-        by_prompt.setdefault(pid, []).append(i)
-    for rows in by_prompt.values():
+    for rows in _rows_by_prompt(prompt_ids).values():
         kept: list[int] = []
         for i in rows:
             if kept and float(np.max(emb[kept] @ emb[i])) >= threshold:
@@ -95,9 +100,7 @@ def build_pairs(responses: pa.Table, emb: np.ndarray, spec: PairSpec) -> pa.Tabl
     rids = responses.column("response_id").to_pylist()
     models = responses.column("model").to_pylist()
     loglen = np.log1p(np.asarray(responses.column("n_words").to_pylist(), np.float64))
-    by_prompt: dict[str, list[int]] = {}
-    for i, pid in enumerate(pids):
-        by_prompt.setdefault(pid, []).append(i)
+    by_prompt = _rows_by_prompt(pids)
     a_idx, b_idx = [], []
     for rows in by_prompt.values():
         for a, b in itertools.combinations(rows, 2):
