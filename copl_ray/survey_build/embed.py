@@ -1,11 +1,11 @@
 """Sentence embeddings of responses with the bundled all-MiniLM-L6-v2 (mean pooling, unit norm),
-as a Ray Data UDF (``MiniLMEmbedder``) or a plain call (``embed_texts``)."""
+as a Ray Data UDF (``MiniLMEmbedder``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MiniLMEmbedder", "embed_texts"]
+__all__ = ["MiniLMEmbedder"]
 
 
 class MiniLMEmbedder:
@@ -38,10 +38,3 @@ class MiniLMEmbedder:
         out["embedding"] = self.embed([str(t) for t in batch["response"]])
         return out
 
-
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """[N, 384] unit embeddings of ``texts`` [N], in this process."""
-    if not texts:
-        return np.zeros((0, 384), np.float32)
-    emb = MiniLMEmbedder()
-    return np.concatenate([emb.embed(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
