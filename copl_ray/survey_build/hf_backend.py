@@ -50,13 +50,13 @@ class HFGenerator:
                 **enc, do_sample=not greedy, temperature=None if greedy else s["temperature"],
                 top_p=None if greedy else s["top_p"], max_new_tokens=s["max_tokens"],
                 pad_token_id=self.tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
         eos = self.tok.eos_token_id
         lengths = []
-        for row in new.tolist():  # tokens up to and including the first EOS (vLLM counts it too)
+        for row in new:  # tokens up to and including the first EOS (vLLM counts it too)
             cut = row.index(eos) + 1 if eos is not None and eos in row else len(row)
             lengths.append(cut)
-        texts = [self.tok.decode(row[:n], skip_special_tokens=True) for row, n in zip(new.tolist(), lengths)]
+        texts = [self.tok.decode(row[:n], skip_special_tokens=True) for row, n in zip(new, lengths)]
         return {"prompt_id": batch["prompt_id"], "shard": batch["shard"], "candidate": batch["candidate"],
                 "response": np.asarray(texts, dtype=object), "n_tokens": np.asarray(lengths, np.int64)}
 
