@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["JOBS_DIR", "init_ray", "load_job", "job_config_model"]
+__all__ = ["JOBS_DIR", "init_ray", "largest_node_cpus", "load_job", "job_config_model"]
 
 JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"
 
@@ -30,6 +30,14 @@ def init_ray(**kwargs):
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(**{"configure_logging": False, "log_to_driver": False, **kwargs})
     return ray
+
+
+def largest_node_cpus() -> int:
+    """CPUs of the alive cluster node with the most (Ray's resource view); 1 if none reports any."""
+    import ray
+
+    cpus = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(cpus, default=1)))
 
 
 def load_job(name: str) -> ModuleType:

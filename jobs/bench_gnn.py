@@ -2,7 +2,7 @@
 
     nice python jobs/bench_gnn.py                               # both parts, datasets generated
     python jobs/bench_gnn.py part=speed speed_dataset=D         # (a) only, on an existing dataset
-    python jobs/bench_gnn.py part=scale scale_dataset=D scale_steps=20
+    nice python jobs/bench_gnn.py part=scale                    # 10k reference, 100k, 1M, official at 100k
     python jobs/bench_gnn.py part=accuracy accuracy_datasets=[D1,D2]   # table with the baselines
 
 (a) ``speed``: time to reach ``target_accuracy`` on held-out train pairs (``holdout_fraction``),
@@ -13,10 +13,14 @@
     ``speed_scaling_n_users=[N1,N2]`` adds the per-step cost of both modes at other sizes
     (``speed_scaling_steps`` steps each, no accuracy target): a full-graph step grows with the
     graph, a sampled one with the batch's neighbourhood, so this shows where the ratio goes.
-(b) ``scale``: a ``scale_n_users`` UF-P-4 ALL dataset (16 annotations per user): graph build time
-    (Ray Data read + index + SignedGraph), then ``scale_steps`` training steps with
-    ``num_workers`` workers; seconds per step are extrapolated to one full epoch (labelled as
-    such) and every worker's peak RSS is reported.
+(b) ``scale``: time to a fixed withheld-pair accuracy on UF-P-4 ALL datasets (16 annotations per
+    user) of ``scale_n_users`` users, each trained by `jobs/train_gnn.py` with its defaults (only
+    the holdout, evaluation every ``scale_eval_every_steps`` steps and the stop at the target
+    added). The target is the default job's accuracy at ``scale_reference_n_users`` users (measured
+    in the same run) minus ``scale_target_drop``. Also the whole job's wall time and every worker's
+    peak RSS, and the ratio against the official approach (full-graph propagation for every
+    1,024-pair step, same model, optimizer and CPUs) at ``official_n_users``, time to the same
+    target. Nothing is extrapolated: a run that does not reach the target says so.
 
 Wall seconds stretch with whatever else runs on the machine; both parts also report CPU seconds
 (each worker's process CPU time; (a): rank 0's, evaluation excluded), which do not, and the load
@@ -28,7 +32,6 @@ Figures go to ``output_dir/metrics.json``; generated datasets are kept under ``o
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,7 +40,7 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydantic import Field  # noqa: E402
+from pydantic import Field, model_validator  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
 from copl_ray.runtime import init_ray, load_job  # noqa: E402
@@ -66,9 +69,26 @@ class BenchGNNConfig(JobConfig):
     accuracy_datasets: list[str] = Field(default_factory=list, description="dataset folders")
     accuracy_models: list[str] = Field(default_factory=lambda: ["copl", "learnable", "uniform", "lore"])
     # (b)
-    scale_dataset: str | None = Field(None, description="default: generate ufp4 ALL, scale_n_users")
-    scale_n_users: int = Field(1_000_000, ge=10)
-    scale_steps: int = Field(30, ge=2)
+    scale_n_users: list[int] = Field(default_factory=lambda: [100_000, 1_000_000], description=(
+        "ufp4 ALL dataset sizes, each trained with train_gnn's defaults to the target"))
+    scale_datasets: list[str] = Field(default_factory=list, description=(
+        "existing datasets instead of generated ones, one per scale_n_users entry"))
+    scale_reference_n_users: int = Field(10_000, ge=10, description="size of the run that fixes the target")
+    scale_reference_accuracy: float | None = Field(None, gt=0.5, le=1.0, description=(
+        "skip the reference run and use this withheld-pair accuracy"))
+    scale_target_drop: float = Field(0.02, ge=0, lt=0.5, description="target = reference accuracy minus this")
+    scale_eval_every_steps: int = Field(5, ge=1)
+    official_n_users: int | None = Field(100_000, ge=10, description="size of the official-approach run (None: skip)")
+    official_max_steps: int = Field(1000, ge=1, description=(
+        "official run: cosine schedule over this many steps; not reached by then -> lower bound on the ratio"))
+    official_eval_every_steps: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _check_scale(self):
+        if self.scale_datasets and len(self.scale_datasets) != len(self.scale_n_users):
+            raise ValueError(f"scale_datasets has {len(self.scale_datasets)} entries, scale_n_users"
+                             f" {len(self.scale_n_users)}: give one dataset per size")
+        return self
 
 
 def _dataset(path: str | None, n_users: int, out: Path) -> Path:
@@ -177,62 +197,80 @@ def bench_speed_scaling(cfg: BenchGNNConfig, out: Path) -> dict:
     return rows
 
 
+def _scale_run(job, dataset: Path, out: Path, target: float, cfg: BenchGNNConfig, *args: str) -> dict:
+    """One train_gnn run as a user starts it (plus the holdout, evaluation every few steps and
+    stopping at ``target``); wall seconds of the whole job and training seconds to ``target``."""
+    t0 = time.perf_counter()
+    m = job.main([f"dataset={dataset}", f"output_dir={out}", f"holdout_fraction={cfg.holdout_fraction}",
+                  f"stop_at_accuracy={target}", "evaluate_each_epoch=false", *args])
+    wall = time.perf_counter() - t0
+    seconds, cpu_seconds, step = _time_to_target(m["evals"], target)
+    return {"dataset": str(dataset), "n_users": m["graph"]["n_users"], "n_train_annotations": m["graph"]["n_train_annotations"],
+            "seconds_to_target": seconds, "cpu_seconds_to_target": cpu_seconds, "steps_to_target": step,
+            "steps": m["steps"], "seconds_per_step": m["train_seconds"] / max(1, m["steps"]),
+            "seconds_job_wall": wall, "seconds_graph_build": m["graph"]["seconds_total"],
+            "final_holdout_accuracy": m["gnn_holdout_accuracy"], "mode_resolution": m["mode_resolution"],
+            "peak_rss_mb_per_worker": m["peak_rss_mb_per_rank"], "evals": m["evals"]}
+
+
+def _print_scale(label: str, r: dict, target: float) -> None:
+    reached = (f"{r['seconds_to_target']:.1f} s training ({r['seconds_to_target'] / 60:.1f} min) at step"
+               f" {r['steps_to_target']}" if r["seconds_to_target"] is not None
+               else f"NOT reached in {r['steps']} steps")
+    print(f"[scale] {label} {r['n_users']:,} users: target {100 * target:.2f}% {reached}; whole job"
+          f" {r['seconds_job_wall']:.0f} s wall ({r['seconds_job_wall'] / 60:.1f} min: data, graph, training,"
+          f" export); {r['seconds_per_step']:.2f} s/step; peak RSS per worker (MiB)"
+          f" {[round(x) for x in r['peak_rss_mb_per_worker'] or []]}; mode {r['mode_resolution'].get('mode')}")
+
+
 def bench_scale(cfg: BenchGNNConfig, out: Path) -> dict:
-    import numpy as np
-    import ray
+    """Time to a fixed withheld-pair accuracy at scale with the job's defaults, and against the
+    official approach (full-graph propagation per ``batch_size=1024`` step, same model)."""
+    from copl_ray.runtime import largest_node_cpus
 
-    from copl_ray.gnn.train import TrainGNNConfig, run_training
-    from copl_ray.graph.build import build_graph
-
-    t0 = time.perf_counter()
-    dataset = _dataset(cfg.scale_dataset, cfg.scale_n_users, out)
-    seconds_generate = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    built = build_graph(dataset)
-    seconds_build = time.perf_counter() - t0
-    g = built.graph
-    print(f"[scale] graph: {g.n_users} users, {g.n_responses} responses, {len(built.train)} annotations,"
-          f" {g.num_edges} signed edges; build {seconds_build:.1f} s ({built.stats})")
-    empty = np.zeros(0, dtype=np.int64)
-    data = {"pos_user": g.pos_user.numpy(), "pos_response": g.pos_response.numpy(),
-            "neg_user": g.neg_user.numpy(), "neg_response": g.neg_response.numpy(),
-            "train_user": built.train.user, "train_chosen": built.train.chosen,
-            "train_rejected": built.train.rejected, "eval_user": empty, "eval_chosen": empty,
-            "eval_rejected": empty, "response_in_graph": np.zeros(g.n_responses, dtype=bool)}
-    tcfg = TrainGNNConfig.model_validate({
-        "dataset": str(dataset), "output_dir": str(out / "scale_train"), "epochs": 1,
-        "num_workers": cfg.num_workers, "max_steps_per_epoch": cfg.scale_steps,
-        "evaluate_each_epoch": False, **dict(o.split("=", 1) for o in cfg.train_overrides)})
-    ref = ray.put(data)
-    del data
-    t0 = time.perf_counter()
-    _, state = run_training(tcfg, ref, g.n_users, g.n_responses)
-    seconds_fit = time.perf_counter() - t0
-    h = state["history"][-1]
-    per_step = h["epoch_seconds"] / h["epoch_steps"]
-    cpu_per_step = max(h["epoch_cpu_seconds_per_rank"]) / h["epoch_steps"]
-    full_steps = -(-len(built.train) // tcfg.batch_size)
-    res = {
-        "dataset": str(dataset), "n_users": g.n_users, "n_annotations": len(built.train),
-        "seconds_generate_dataset": seconds_generate, "seconds_graph_build": seconds_build,
-        "graph_stats": built.stats, "measured_steps": h["epoch_steps"], "seconds_measured_steps": h["epoch_seconds"],
-        "seconds_per_step": per_step, "steps_per_full_epoch": full_steps,
-        "seconds_one_epoch_extrapolated": per_step * full_steps,
-        "cpu_seconds_per_step_per_worker": cpu_per_step,
-        "cpu_seconds_per_worker_one_epoch_extrapolated": cpu_per_step * full_steps,
-        "optimizer": tcfg.optimizer, "grad_sync": tcfg.grad_sync, "load_average": list(os.getloadavg()),
-        "peak_rss_mb_per_worker": state["peak_rss_mb_per_rank"],
-        "peak_rss_mb_driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "seconds_fit_including_startup": seconds_fit, "dim": tcfg.dim, "mode": tcfg.mode,
-    }
-    print(f"[scale] {h['epoch_steps']} steps in {h['epoch_seconds']:.1f} s = {per_step:.3f} s/step; "
-          f"one epoch = {full_steps} steps ~ {per_step * full_steps / 3600:.2f} h (EXTRAPOLATED from "
-          f"{h['epoch_steps']} steps); peak RSS per worker (MiB) "
-          f"{[round(x) for x in state['peak_rss_mb_per_rank']]}; driver {res['peak_rss_mb_driver']:.0f} MiB")
-    print(f"[scale] CPU per worker {cpu_per_step:.3f} s/step (busiest worker) ~ "
-          f"{cpu_per_step * full_steps / 3600:.2f} h per epoch with a free core per worker; load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
-          f"(optimizer={tcfg.optimizer}, grad_sync={tcfg.grad_sync})")
+    job = load_job("train_gnn")
+    # The target: the default job's withheld-pair accuracy at 10k users, measured here, minus a margin.
+    if cfg.scale_reference_accuracy is None:
+        ref_set = _dataset(None, cfg.scale_reference_n_users, out)
+        m = job.main([f"dataset={ref_set}", f"output_dir={out / 'scale_reference'}",
+                      f"holdout_fraction={cfg.holdout_fraction}"])
+        reference = m["gnn_holdout_accuracy"]
+        print(f"[scale] reference: default train_gnn at {cfg.scale_reference_n_users:,} users, withheld-pair"
+              f" accuracy {100 * reference:.2f}% ({m['seconds_fit']:.0f} s fit)")
+    else:
+        reference = cfg.scale_reference_accuracy
+        print(f"[scale] reference: given, {100 * reference:.2f}%")
+    target = reference - cfg.scale_target_drop
+    res = {"reference_accuracy": reference, "target_accuracy": target, "runs": {}, "load_average": None}
+    datasets = cfg.scale_datasets or [None] * len(cfg.scale_n_users)
+    for n_users, path in zip(cfg.scale_n_users, datasets):
+        dataset = _dataset(path, n_users, out)
+        r = _scale_run(job, dataset, out / f"scale_{n_users}", target, cfg,
+                       f"eval_every_steps={cfg.scale_eval_every_steps}", *cfg.train_overrides)
+        res["runs"][str(n_users)] = r
+        _print_scale("defaults", r, target)
+    if cfg.official_n_users:
+        dataset = _dataset(None, cfg.official_n_users, out)
+        cpus = largest_node_cpus()
+        # Same model, optimizer and CPUs as the default run; the step as the official code takes it.
+        official = _scale_run(job, dataset, out / f"scale_official_{cfg.official_n_users}", target, cfg,
+                              "mode=full", "batch_size=1024", "num_workers=1", f"cpus_per_worker={cpus}", "epochs=1",
+                              f"max_steps_per_epoch={cfg.official_max_steps}",
+                              f"eval_every_steps={cfg.official_eval_every_steps}", *cfg.train_overrides)
+        res["official"] = official
+        _print_scale("official (full graph, 1024-pair steps)", official, target)
+        ours = res["runs"].get(str(cfg.official_n_users))
+        if ours and ours["seconds_to_target"]:
+            if official["seconds_to_target"]:
+                ratio, bound = official["seconds_to_target"] / ours["seconds_to_target"], "="
+            else:  # not reached within the cap: its training time so far bounds the ratio from below
+                ratio, bound = official["steps"] * official["seconds_per_step"] / ours["seconds_to_target"], ">="
+            res["time_to_target_ratio_official_over_defaults"] = ratio
+            res["ratio_is_lower_bound"] = bound == ">="
+            print(f"[scale] time to {100 * target:.2f}% at {cfg.official_n_users:,} users: official / defaults"
+                  f" {bound} {ratio:.1f}x")
+    res["load_average"] = list(os.getloadavg())
+    print(f"[scale] load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     return res
 
 

@@ -26,9 +26,9 @@ from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.agreement_init import AGREEMENT_RANK, agreement_spectrum  # noqa: E402
 from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
-from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, run_training  # noqa: E402
+from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, resolve_mode, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
-from copl_ray.runtime import init_ray  # noqa: E402
+from copl_ray.runtime import init_ray, largest_node_cpus  # noqa: E402
 
 # Keys the grid varies; an explicitly set one stays as given (each set goes together: the layer
 # kind is transform + activation + target-edge masking, the depth is num_layers + fanouts).
@@ -119,6 +119,9 @@ def main(argv=None) -> dict:
         if len(val) == 0:
             fit, val = built.train, None
     g = built.graph if val is None else signed_graph_from_sorted(fit, built.graph.n_users, built.graph.n_responses)
+    # Decided on the whole train split, as the grid is (grid_max_train_pairs), so the two agree.
+    cfg, mode_info = resolve_mode(cfg, len(built.train), largest_node_cpus())
+    write_resolved_config(cfg, cfg.output_dir)  # the concrete mode: a rerun of config.yaml repeats this run
     response_in_graph = g.response_in_graph()
 
     # 3. Train on Ray Train: one run, or one per grid candidate.
@@ -168,6 +171,7 @@ def main(argv=None) -> dict:
                    embedding_meta={"model": cfg.model})
     history = state["history"]
     metrics["selection"] = _selection_metrics(runs, chosen, val)
+    metrics["mode_resolution"] = mode_info
     metrics.update({
         "model": cfg.model,
         "epochs_run": len(history),
@@ -185,6 +189,7 @@ def main(argv=None) -> dict:
         "resumed_from_epoch": state["restored_from_epoch"],
         "worker_nodes": state.get("worker_nodes", []),
         "stopped_early": state["stopped_early"],
+        "peak_rss_mb_per_rank": state.get("peak_rss_mb_per_rank"),
         "num_workers": cfg.num_workers,
         "graph": {**built.stats, "seconds_read_test": seconds_read_test, "seconds_validate": seconds_validate},
         "seconds_fit": seconds_fit,

@@ -17,7 +17,7 @@ import torch
 
 from copl_ray.config import ConfigError, load_config
 from copl_ray.eval.gnn_metrics import gnn_accuracy
-from copl_ray.gnn.train import TrainGNNConfig, rank_batches
+from copl_ray.gnn.train import LARGE_BATCH, LARGE_BATCH_MIN_STEPS, TrainGNNConfig, rank_batches, resolve_mode
 from tests.job_loader import load_job
 
 
@@ -122,6 +122,30 @@ def test_accuracy_counts_in_graph_pairs_ties_half_and_splits():
     assert math.isnan(none["accuracy"]) and none["coverage"] == 0.0
 
 
+def test_auto_mode_keeps_sampling_on_small_data_and_goes_full_graph_large_batch_above():
+    base = {"dataset": "d", "output_dir": "o"}
+    small, info = resolve_mode(TrainGNNConfig(**base), 500_000, node_cpus=16)
+    assert (small.mode, small.batch_size, small.num_workers, small.cpus_per_worker) == ("sampled", 1024, 2, None)
+    assert "500000 train pairs" in info["reason"]
+    large, info = resolve_mode(TrainGNNConfig(**base), 16_000_000, node_cpus=16)
+    assert large.mode == "full" and info["mode"] == "full"
+    assert (large.batch_size, large.lr, large.num_workers) == (LARGE_BATCH["batch_size"], LARGE_BATCH["lr"], 1)
+    assert large.cpus_per_worker == 16
+    steps_per_epoch = -(-16_000_000 // LARGE_BATCH["batch_size"])
+    assert large.epochs == 1 and steps_per_epoch >= LARGE_BATCH_MIN_STEPS
+    # fewer steps per epoch: enough epochs for LARGE_BATCH_MIN_STEPS steps, never above the default
+    mid, _ = resolve_mode(TrainGNNConfig(**base), 1_000_000, node_cpus=2)
+    assert mid.epochs == min(20, -(-LARGE_BATCH_MIN_STEPS // -(-1_000_000 // LARGE_BATCH["batch_size"])))
+    # keys the user set stay as given; an explicit mode or a graph-free model is left alone
+    pinned, info = resolve_mode(TrainGNNConfig(**base, batch_size=4096, epochs=3, cpus_per_worker=2), 16_000_000, 16)
+    assert (pinned.mode, pinned.batch_size, pinned.epochs, pinned.cpus_per_worker, pinned.lr) == ("full", 4096, 3, 2, 1e-2)
+    assert "batch_size" not in info and "epochs" not in info
+    for explicit in ("sampled", "full"):
+        cfg = TrainGNNConfig(**base, mode=explicit)
+        assert resolve_mode(cfg, 16_000_000, 16) == (cfg, {"mode": explicit, "reason": "set explicitly"})
+    assert resolve_mode(TrainGNNConfig(**base, model="learnable"), 16_000_000, 16)[0].mode == "sampled"
+
+
 # ----------------------------------------------------------------------------- integration
 
 
@@ -149,6 +173,19 @@ def test_two_workers_lower_loss_and_agree_with_one(ray_session, small_ufp4, tmp_
         _, e2 = read_embeddings(tmp_path / run / "users.parquet")
         assert np.abs(e2 - e1).max() <= 1e-3 * max(1.0, np.abs(e1).max()), run
     assert abs(sparse["gnn_holdout_accuracy"] - one["gnn_holdout_accuracy"]) <= 0.01
+
+
+@pytest.mark.integration
+def test_auto_mode_above_its_threshold_trains_the_full_graph_and_records_the_choice(ray_session, small_ufp4, tmp_path):
+    import yaml
+
+    m = _train(small_ufp4, tmp_path / "auto", "auto_full_min_train_pairs=0", "cpus_per_worker=1", "epochs=2")
+    res = m["mode_resolution"]
+    assert res["mode"] == "full" and "auto_full_min_train_pairs=0" in res["reason"]
+    assert res["num_workers"] == 1 and "batch_size" not in res  # batch_size=256 was given: kept
+    assert m["num_workers"] == 1 and m["steps"] > 0 and m["gnn_holdout_accuracy"] > 0.6  # chance 0.5
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert (saved["mode"], saved["batch_size"], saved["num_workers"]) == ("full", 256, 1)
 
 
 @pytest.mark.integration

@@ -64,6 +64,19 @@ class Adjacency:
         self._t = transpose
         self._rows_sorted = rows_sorted
 
+    @classmethod
+    def from_csr(cls, csr: Tensor, transpose: "Adjacency | None" = None) -> "Adjacency":
+        """An adjacency around an existing CSR tensor (no edge list kept; ``t()`` needs ``transpose``
+        or `set_transpose`)."""
+        adj = cls.__new__(cls)
+        adj.rows = adj.cols = adj.vals = None
+        adj.shape = (int(csr.shape[0]), int(csr.shape[1]))
+        adj._csr, adj._t, adj._rows_sorted = csr, transpose, True
+        return adj
+
+    def set_transpose(self, transpose: "Adjacency") -> None:
+        self._t = transpose
+
     @property
     def csr(self) -> Tensor:
         if self._csr is None:
@@ -74,6 +87,8 @@ class Adjacency:
         if callable(self._t) and not isinstance(self._t, Adjacency):
             self._t = self._t()
         if self._t is None:
+            if self.rows is None:
+                raise ValueError("Adjacency.from_csr without a transpose: call set_transpose first")
             self._t = Adjacency(self.cols, self.rows, self.vals, self.shape[1], self.shape[0], transpose=self)
         return self._t
 
@@ -89,7 +104,7 @@ class Adjacency:
 
     @property
     def nnz(self) -> int:
-        return int(self.rows.numel())
+        return int(self.rows.numel()) if self.rows is not None else int(self._csr.values().numel())
 
     def __matmul__(self, x: Tensor) -> Tensor:
         return spmm(self, x)

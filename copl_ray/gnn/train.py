@@ -5,9 +5,15 @@ permutation of all triples, cut into global batches of ``batch_size`` pairs (pap
 workers split evenly, so 1 and 2 workers take the same steps over the same pairs.
 
 Embeddings for a batch come from either
-- ``mode="sampled"`` (default): a ``NeighborSampler`` neighbourhood of the batch's users and
-  responses with ``fanouts[l]`` neighbours per sign and layer, or
-- ``mode="full"``: full-graph propagation for every batch (the official implementation's way).
+- ``mode="sampled"``: a ``NeighborSampler`` neighbourhood of the batch's users and responses with
+  ``fanouts[l]`` neighbours per sign and layer, or
+- ``mode="full"``: full-graph propagation for every batch (the official implementation's way;
+  the sparse matrices are built once, `copl_ray.gnn.full_graph`).
+- ``mode="auto"`` (default): sampled up to ``auto_full_min_train_pairs`` train pairs (where the
+  selection grid runs); above, full-graph propagation with the large-batch recipe
+  (`LARGE_BATCH`, `resolve_mode`): one step's sparse products cost the same whatever the batch, so
+  a step of 65,536 pairs costs about what a step of 1,024 does, and far fewer steps reach the same
+  accuracy (issue 18, `jobs/bench_gnn.py part=scale`).
 
 Loss: BTL, -log sigma(s_{u,a} - s_{u,b}) (Eq. 5), averaged over the batch. AdamW with a cosine
 schedule and linear warm-up (ratio 0.1); by default (``optimizer="sparse_grad_adamw"``) embedding
@@ -87,7 +93,14 @@ class TrainGNNConfig(JobConfig):
         " AGREEMENT_RANK columns start from the signed agreement spectrum of the train pairs"
         " (copl_ray/gnn/agreement_init.py; departs from the paper), row norm user_init_norm"))
     user_init_norm: float = Field(0.1, gt=0, description="user_init=agreement: row norm of the warm start")
-    mode: Literal["sampled", "full"] = "sampled"
+    mode: Literal["auto", "sampled", "full"] = Field("auto", description=(
+        "auto: sampled up to auto_full_min_train_pairs train pairs, else full-graph propagation with"
+        " the large-batch recipe (LARGE_BATCH: batch, lr, one worker with every CPU of a node) for"
+        " the keys not set explicitly. full / sampled: as named, with the keys as given"))
+    auto_full_min_train_pairs: int = Field(500_000, ge=0, description="mode=auto: full-graph training above this")
+    cpus_per_worker: int | None = Field(None, ge=1, description=(
+        "Ray CPUs and torch threads per worker. None: 1, or every CPU of the largest node when"
+        " mode=auto picks full-graph training (its sparse products use every thread)"))
     exclude_target_edges: bool | None = Field(None, description=(
         "score each training pair without its own two edges in the message-passing graph"
         " (copl_ray/gnn/target_edges.py; departs from the paper). None: on for the propagation-only"
@@ -149,7 +162,7 @@ class TrainGNNConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.mode == "sampled" and self.model == "copl" and len(self.fanouts) != self.num_layers:
+        if self.mode != "full" and self.model == "copl" and len(self.fanouts) != self.num_layers:
             raise ValueError(f"fanouts has {len(self.fanouts)} entries but num_layers={self.num_layers};"
                              " give one fan-out per layer (or mode=full)")
         if self.exclude_target_edges is None:
@@ -169,6 +182,42 @@ class TrainGNNConfig(JobConfig):
         if self.fail_at_epoch is not None and self.fail_at_epoch >= self.epochs:
             raise ValueError(f"fail_at_epoch={self.fail_at_epoch} must be < epochs={self.epochs}")
         return self
+
+
+# The large-batch full-graph recipe mode=auto applies above auto_full_min_train_pairs (keys set
+# explicitly keep their values). Measured on ufp4 ALL (withheld pairs; docs/ARCHITECTURE.md, "GNN
+# at scale"): at 100k users 65,536-pair steps at lr 1e-2 passed 90% in 5 steps, 262,144-pair steps
+# cost 2.7x more per step for no fewer steps, lr 3e-2 oscillated after its peak.
+LARGE_BATCH = {"batch_size": 65_536, "lr": 1e-2, "num_workers": 1}
+LARGE_BATCH_MIN_STEPS = 200  # epochs default to the fewest that give this many steps (at most `epochs`)
+
+
+def resolve_mode(cfg: TrainGNNConfig, n_train_pairs: int, node_cpus: int = 1) -> tuple[TrainGNNConfig, dict]:
+    """``cfg`` with ``mode="auto"`` made concrete, and what was decided (for metrics.json).
+
+    Args:
+        n_train_pairs: pairs the run trains on.
+        node_cpus: CPUs of the largest node (the full-graph worker's threads when not set).
+    """
+    if cfg.mode != "auto":
+        return cfg, {"mode": cfg.mode, "reason": "set explicitly"}
+    if cfg.model != "copl" or n_train_pairs <= cfg.auto_full_min_train_pairs:
+        update = {"mode": "sampled"}
+        reason = (f"{n_train_pairs} train pairs <= auto_full_min_train_pairs={cfg.auto_full_min_train_pairs}"
+                  if cfg.model == "copl" else f"model={cfg.model} has no graph")
+    else:
+        update = {"mode": "full", **{k: v for k, v in LARGE_BATCH.items() if k not in cfg.model_fields_set}}
+        batch = update.get("batch_size", cfg.batch_size)
+        if "epochs" not in cfg.model_fields_set:
+            steps_per_epoch = -(-n_train_pairs // batch)
+            update["epochs"] = min(cfg.epochs, max(1, -(-LARGE_BATCH_MIN_STEPS // steps_per_epoch)))
+        if "cpus_per_worker" not in cfg.model_fields_set:
+            update["cpus_per_worker"] = max(1, int(node_cpus))
+        reason = (f"{n_train_pairs} train pairs > auto_full_min_train_pairs={cfg.auto_full_min_train_pairs}:"
+                  " full-graph propagation, large batches")
+    # model_copy marks the updated keys as set: harmless, the grid varies none of them ("mode", and
+    # the recipe's keys only above the grid's size limit).
+    return cfg.model_copy(update=update), {**update, "reason": reason}
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -334,6 +383,10 @@ def train_loop_per_worker(config: dict) -> None:
     from copl_ray.gnn.selection import EarlyStopping
 
     cfg = TrainGNNConfig.model_validate(config["job"])
+    if cfg.mode == "auto":
+        raise ValueError("train_loop_per_worker: resolve mode=auto first (copl_ray.gnn.train.resolve_mode)")
+    if cfg.cpus_per_worker is not None:
+        torch.set_num_threads(cfg.cpus_per_worker)
     if cfg.keep_freed_memory:
         keep_freed_memory()
     ctx = ray.train.get_context()
@@ -370,9 +423,10 @@ def train_loop_per_worker(config: dict) -> None:
         sampler = NeighborSampler(graph, list(cfg.fanouts), seed=cfg.seed * 1000 + rank,
                                   negative_edges=cfg.model_options.get("negative_edges", True))
     elif _is_gnn(model):
+        from copl_ray.gnn.full_graph import FullGraph
         from copl_ray.gnn.sampler import SignedEdges
 
-        full_edges = SignedEdges.from_graph(graph).to(device)
+        full_edges = FullGraph(SignedEdges.from_graph(graph).to(device), n_users, n_responses)
 
     state = {"epoch": 0, "step": 0, "history": [], "evals": [], "train_seconds": 0.0, "train_cpu_seconds": 0.0,
              "restored_from_epoch": None, "stopped_early": False, "early_stopping": None}
@@ -524,9 +578,9 @@ def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torc
     """(s_{u,a} [B], s_{u,b} [B]) for a batch of triples (dense indices, each [B]).
 
     GNN: embeddings over the sampled neighbourhood of the batch's users and responses (``sampler``)
-    or over the full graph (``full_edges``: `SignedEdges` built once, so its sparse adjacency is
-    cached across steps as a full-graph trainer would keep it; with ``target_triples`` a masked
-    copy is built per step). ``target_triples``: (user, chosen, rejected) global ids [T] whose own
+    or over the full graph (``full_edges``: a `FullGraph`, whose sparse matrices are built once;
+    with ``target_triples`` a view with those edges masked). ``target_triples``: (user, chosen,
+    rejected) global ids [T] whose own
     edges carry no message (`copl_ray.gnn.target_edges`; the step's global batch, which contains
     this rank's triples). Baselines score pairs directly.
     """
@@ -537,9 +591,7 @@ def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torc
     if sampler is None:
         if full_edges is None:
             raise ValueError("batch_scores: a GNN needs a sampler or full_edges")
-        edges = full_edges
-        if target_triples is not None:
-            edges = mask_target_edges(full_edges, int(_unwrap(model).cfg.n_responses), *target_triples)
+        edges = full_edges.view(*target_triples) if target_triples is not None else full_edges.view()
         e_user, e_resp = model(edges)
         e_u = e_user[user]
         return (e_u * e_resp[chosen]).sum(-1), (e_u * e_resp[rejected]).sum(-1)
@@ -618,7 +670,8 @@ def run_training(cfg: TrainGNNConfig, data_ref, n_users: int, n_responses: int, 
         train_loop_per_worker,
         train_loop_config={"job": cfg.model_dump(mode="json"), "data": data_ref,
                            "n_users": n_users, "n_responses": n_responses},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker or 1}),
         run_config=RunConfig(
             storage_path=str(storage),
             # A fresh name per run: Ray Train V2 would resume a finished run of the same name.
