@@ -129,7 +129,8 @@ def test_auto_mode_keeps_sampling_on_small_data_and_goes_full_graph_large_batch_
     assert "500000 train pairs" in info["reason"]
     large, info = resolve_mode(TrainGNNConfig(**base), 16_000_000, node_cpus=16)
     assert large.mode == "full" and info["mode"] == "full"
-    assert (large.batch_size, large.lr, large.num_workers) == (LARGE_BATCH["batch_size"], LARGE_BATCH["lr"], 1)
+    assert (large.batch_size, large.lr, large.num_workers, large.warmup_ratio) == (
+        LARGE_BATCH["batch_size"], LARGE_BATCH["lr"], 1, LARGE_BATCH["warmup_ratio"])
     assert large.cpus_per_worker == 16
     steps_per_epoch = -(-16_000_000 // LARGE_BATCH["batch_size"])
     assert large.epochs == 1 and steps_per_epoch >= LARGE_BATCH_MIN_STEPS
