@@ -581,9 +581,8 @@ def batch_scores(model, user: torch.Tensor, chosen: torch.Tensor, rejected: torc
     GNN: embeddings over the sampled neighbourhood of the batch's users and responses (``sampler``)
     or over the full graph (``full_edges``: a `FullGraph`, whose sparse matrices are built once;
     with ``target_triples`` a view with those edges masked). ``target_triples``: (user, chosen,
-    rejected) global ids [T] whose own
-    edges carry no message (`copl_ray.gnn.target_edges`; the step's global batch, which contains
-    this rank's triples). Baselines score pairs directly.
+    rejected) global ids [T] whose own edges carry no message (`copl_ray.gnn.target_edges`; the
+    step's global batch, which contains this rank's triples). Baselines score pairs directly.
     """
     if not _is_gnn(model):
         # One forward for both sides: DDP allows one forward per backward.
