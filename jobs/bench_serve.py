@@ -2,7 +2,10 @@
 
     scripts/loopback.sh .venv/bin/python jobs/bench_serve.py gnn_dir=G reward_dir=R [dataset=D] output_dir=O
 
-Starts the app of CONTRACT section 4 twice in one local Ray: batched (``@serve.batch``,
+First the reward model alone, in this process before Serve starts, at batch 1, 8 and
+``max_batch_size``: ms per request, and so the most any batching can save on this device (on a CPU
+a forward's cost grows with its tokens; on a GPU it barely does). Then it starts the app of
+CONTRACT section 4 twice in one local Ray: batched (``@serve.batch``,
 ``max_batch_size``) and unbatched (``max_batch_size=1``), on 127.0.0.1 only. Closed-loop aiohttp
 clients (keep-alive) each POST ``/v1/score`` (one seen user, one prompt, ``responses_per_request``
 responses) for ``seconds_per_level`` at each concurrency of ``concurrency``: requests/s and
@@ -39,6 +42,8 @@ class BenchServeConfig(JobConfig):
     output_dir: str = "runs/bench_serve"
     concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32])
     seconds_per_level: float = Field(10.0, gt=0)
+    model_seconds_per_size: float = Field(5.0, gt=0, description=(
+        "the model alone (no Serve) at batch 1, 8 and max_batch_size: the device's ceiling on batching's gain"))
     responses_per_request: int = Field(1, ge=1)
     max_batch_size: int = Field(32, ge=2)
     onboard_requests: int = Field(40, ge=1)
@@ -115,6 +120,36 @@ async def _handle_loop(handle, make_item, clients: int, seconds: float) -> dict:
             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
 
 
+def _model_ceiling(reward_dir: str, make_item, sizes: list[int], torch_threads: int | None,
+                   seconds: float) -> dict:
+    """The reward model alone, in this process (no Serve): ms per forward and per request at each
+    batch size. Its best per-request gain over batch 1 bounds what any batching can give here."""
+    import torch
+
+    from copl_ray.serving.core import ScoringCore
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    core = ScoringCore(reward_dir)
+    rng = random.Random(0)
+    items = [make_item(rng) for _ in range(max(sizes))]
+    core.score(items[:2])  # first forward: allocations, lazy init
+    out = {}
+    for b in sizes:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            core.score(items[:b])
+            n += 1
+        per_forward = (time.perf_counter() - t0) / n
+        out[f"batch{b}"] = {"ms_per_forward": 1000 * per_forward, "ms_per_request": 1000 * per_forward / b}
+        print(f"model alone, batch {b:3d}: {1000 * per_forward:7.1f} ms per forward,"
+              f" {1000 * per_forward / b:6.1f} ms per request", flush=True)
+    best = min(v["ms_per_request"] for v in out.values())
+    out["ceiling_ratio"] = out[f"batch{sizes[0]}"]["ms_per_request"] / best
+    print(f"model alone: batching can save at most {out['ceiling_ratio']:.2f}x per request on this device", flush=True)
+    return out
+
+
 def _samples(dataset: str, gnn_dir: str, seed: int):
     from copl_ray.data.dataset import read_table
     from copl_ray.embeddings import read_embeddings
@@ -149,6 +184,20 @@ def main(argv=None) -> dict:
         resp = [text] + [rows[rng.randrange(len(rows))][2] for _ in range(k - 1)]
         return "/v1/score", {"user_id": users[rng.randrange(len(users))], "prompt": ptext[pid], "responses": resp}
 
+    from copl_ray.embeddings import read_embeddings
+    from copl_ray.serving.core import ScoreItem
+
+    _, emb = read_embeddings(Path(cfg.gnn_dir) / "users.parquet", "user_id")
+
+    def score_item(rng):
+        _, body = score_body(rng)
+        return ScoreItem(emb[rng.randrange(len(emb))], body["prompt"], body["responses"])
+
+    metrics: dict = {"responses_per_request": k, "max_batch_size": cfg.max_batch_size, "n_users": len(users)}
+    # Before the apps start, so nothing else runs: the device's own limit on batching's gain.
+    metrics["model_alone"] = _model_ceiling(cfg.reward_dir, score_item, [1, 8, cfg.max_batch_size],
+                                            cfg.torch_threads, cfg.model_seconds_per_size)
+
     init_ray(num_cpus=cfg.num_cpus, include_dashboard=False, _metrics_export_port=cfg.metrics_port)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     base = {"gnn_dir": cfg.gnn_dir, "reward_dir": cfg.reward_dir, "dataset": dataset,
@@ -158,7 +207,6 @@ def main(argv=None) -> dict:
             "onboarding": {"num_cpus": 0, "min_replicas": 1, "max_replicas": 2}}
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
     url = f"http://127.0.0.1:{cfg.port}"
-    metrics: dict = {"responses_per_request": k, "max_batch_size": cfg.max_batch_size, "n_users": len(users)}
     t_start = time.perf_counter()
     serve.run(build_app(AppArgs.model_validate({**base, "store_path": str(tmp / "batched.db")})),
               name="batched", route_prefix="/b")
@@ -167,15 +215,6 @@ def main(argv=None) -> dict:
               name="unbatched", route_prefix="/u")
     metrics["startup_seconds"] = time.perf_counter() - t_start
     print(f"bench_serve: both apps up in {metrics['startup_seconds']:.1f} s", flush=True)
-
-    from copl_ray.embeddings import read_embeddings
-    from copl_ray.serving.core import ScoreItem
-
-    _, emb = read_embeddings(Path(cfg.gnn_dir) / "users.parquet", "user_id")
-
-    def score_item(rng):
-        _, body = score_body(rng)
-        return ScoreItem(emb[rng.randrange(len(emb))], body["prompt"], body["responses"])
 
     async def run_all():
         out = {}
