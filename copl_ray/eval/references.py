@@ -34,7 +34,7 @@ from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
 __all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters",
-           "REFERENCES", "fit_references", "fit_references_for"]
+           "REFERENCES", "reference_split", "fit_references", "fit_references_for"]
 
 FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
 CLUSTER_GRID = tuple((k, c) for k in (4, 8) for c in (2, 3, 4, 6))  # (eigenvectors, clusters)
@@ -175,10 +175,9 @@ def fit_references_for(dataset, gnn_dir, which=REFERENCES) -> dict[str, Fit]:
     return fit_references(dataset, ran["val_fraction"], ran["seed"], which)
 
 
-def fit_references(dataset, val_fraction: float, seed: int, which=REFERENCES) -> dict[str, Fit]:
-    """The references ``which`` on a dataset, on the validation split ``train_gnn`` carves with
-    (``val_fraction``, ``seed``) and scored on the seen test pairs it scores (both responses in the
-    training graph). ``true_groups`` is left out when ``users.group`` names no group."""
+def reference_split(dataset, val_fraction: float, seed: int):
+    """(built graph, fit, validation, test) triples: ``train_gnn``'s split of ``annotations/train``
+    for (``val_fraction``, ``seed``), and the seen test pairs whose responses are both in the graph."""
     from copl_ray.gnn.selection import split_validation
     from copl_ray.graph.build import build_graph, index_annotations
 
@@ -188,6 +187,14 @@ def fit_references(dataset, val_fraction: float, seed: int, which=REFERENCES) ->
     keep = in_graph[test.chosen] & in_graph[test.rejected]
     test = type(test)(test.user[keep], test.chosen[keep], test.rejected[keep])
     fit, val = split_validation(built.train, val_fraction, seed)
+    return built, fit, val, test
+
+
+def fit_references(dataset, val_fraction: float, seed: int, which=REFERENCES) -> dict[str, Fit]:
+    """The references ``which`` on a dataset, on the validation split ``train_gnn`` carves with
+    (``val_fraction``, ``seed``) and scored on the seen test pairs it scores (both responses in the
+    training graph). ``true_groups`` is left out when ``users.group`` names no group."""
+    built, fit, val, test = reference_split(dataset, val_fraction, seed)
     n_u, n_r = built.graph.n_users, built.graph.n_responses
     fits = {"shared": lambda: fit_shared(n_u, n_r, fit, val, test),
             "free": lambda: fit_free(n_u, n_r, fit, val, test),
