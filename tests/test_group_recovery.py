@@ -50,6 +50,10 @@ def test_em_finds_two_opposed_groups_and_keeps_them_when_started_there(opposed_g
     assert found.test_accuracy > one.test_accuracy + 0.1
     assert kept.test_accuracy > 0.85 and kept.last_test_accuracy > 0.85
     assert len(kept.test_by_iteration) == 5
+    annealed = latent_class_em(n_u, n_r, fit, val, test, 2, iterations=10, anneal_from=3.0, anneal_iterations=5)
+    assert annealed.test_accuracy > one.test_accuracy + 0.1
+    with pytest.raises(ValueError, match="anneal_from"):
+        latent_class_em(n_u, n_r, fit, val, test, 2, anneal_from=0.5)
 
 
 def test_em_chooses_its_iteration_without_reading_test_labels(opposed_groups, one_torch_thread):
@@ -82,9 +86,9 @@ def test_known_preference_ceiling_names_a_dataset_it_cannot_use(tiny_dataset):
 
 def test_bench_group_recovery_job_prints_every_figure(ray_session, opposed_groups, tmp_path, capsys):
     out = load_job("bench_group_recovery").main([f"datasets=[{opposed_groups}]", f"output_dir={tmp_path / 'o'}",
-                                                 "em_iterations=3"])
+                                                 "em_iterations=3", "annealed_iterations=3"])
     row = out["rows"][0]
-    for key in ("shared", "true_groups", "em", "em_from_truth", "ceiling", "group_known"):
+    for key in ("shared", "true_groups", "em", "em_annealed", "em_from_truth", "ceiling", "group_known"):
         assert 0.0 <= row[key] <= 1.0, key
     assert row["n_groups"] == 2 and row["gnn"] is None
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["rows"][0]["case"] == "d"

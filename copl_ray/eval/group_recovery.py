@@ -11,6 +11,12 @@ latent-class model all stay at shared. This module separates the two things such
   loss, L2 on the scores per fit pair). Started at random it shows whether the groups can be found;
   started at the true groups (``init_groups``) it shows whether they are even a stable solution:
   if EM drifts away from them, the annotations do not pin the groups down at this size.
+  ``anneal_from`` > 1 runs deterministic annealing: the E-step's posteriors are softened by a
+  temperature that falls geometrically from ``anneal_from`` to 1 over ``anneal_iterations``, so the
+  classes split gradually instead of locking into the first partition a random start suggests.
+  Measured (4,000 users, g6_8attr_sparse seed 1): plain EM from a random start stays at shared
+  (61.5 after 30 iterations, 59.9 after 120), annealed from 3 over 25 iterations it climbs to 66.9
+  by iteration ~70.
 * ``known_preference_ceiling``: the accuracy of the Bayes rule that knows every group's preference
   on every pair exactly (a latent-suite dataset's true attribute scores and user weights, read from
   its files) and infers only the user's group from their train pairs. Far above the learners, it
@@ -53,26 +59,32 @@ def _as_tensors(t: Triples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def latent_class_em(n_users: int, n_responses: int, fit: Triples, val: Triples, test: Triples,
                     n_classes: int, *, init_groups: np.ndarray | None = None, iterations: int = 30,
-                    m_steps: int = 20, l2: float = 0.3, lr: float = 0.05, seed: int = 0) -> EMResult:
+                    m_steps: int = 20, l2: float = 0.3, lr: float = 0.05, anneal_from: float = 1.0,
+                    anneal_iterations: int = 25, seed: int = 0) -> EMResult:
     """A K-class Bradley-Terry mixture by EM; prediction P(a > b | u) = sum_k q_u(k) sigmoid(R_k[a] - R_k[b]).
 
     Args:
         fit / val / test: [N] triples (dense user and response indices).
         n_classes: K.
         init_groups: [n_users] integer class per user to start from (0.9 on it, the rest spread),
-            or None for a random start.
+            or None for a random start (near-uniform posteriors, scores ~ N(0, 0.01^2) to break
+            the classes' symmetry).
+        anneal_from: E-step temperature at the first iteration (1 = plain EM).
     Returns:
         `EMResult`; iteration i's figures are taken after its M-step and E-step.
     """
     gen = torch.Generator().manual_seed(seed)
+    if anneal_from < 1.0:
+        raise ValueError(f"anneal_from must be >= 1 (a temperature that falls to 1), got {anneal_from}")
     if init_groups is None:
-        q = torch.rand(n_users, n_classes, generator=gen)
-        q = q / q.sum(1, keepdim=True)
+        q = torch.softmax(0.1 * torch.randn(n_users, n_classes, generator=gen), 1)
+        scores = 0.01 * torch.randn(n_classes, n_responses, generator=gen)
     else:
         q = nn.functional.one_hot(torch.as_tensor(init_groups, dtype=torch.int64), n_classes).float()
         q = 0.9 * q + 0.1 / n_classes
+        scores = torch.zeros(n_classes, n_responses)
     prior = q.mean(0)
-    scores = torch.zeros(n_classes, n_responses, requires_grad=True)  # R [K, n_responses]
+    scores.requires_grad_(True)  # R [K, n_responses]
     opt = torch.optim.Adam([scores], lr=lr)
     (fu, fa, fb), V, T = _as_tensors(fit), _as_tensors(val), _as_tensors(test)
 
@@ -91,8 +103,9 @@ def latent_class_em(n_users: int, n_responses: int, fit: Triples, val: Triples, 
             loss.backward()
             opt.step()
         with torch.no_grad():
+            temperature = max(1.0, anneal_from ** (1.0 - it / anneal_iterations))
             ll = torch.zeros(n_users, n_classes).index_add_(0, fu, log_lik(fa, fb)) + prior.log()
-            q = torch.softmax(ll, 1)
+            q = torch.softmax(ll / temperature, 1)
             prior = q.mean(0).clamp_min(1e-4)
             v = score_margins(margins(*V, q))
             tests.append(score_margins(margins(*T, q)).accuracy)
