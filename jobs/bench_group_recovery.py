@@ -86,11 +86,11 @@ def measure(name: str, data: Path, row: dict | None, cfg: BenchGroupRecoveryConf
     _, truth = np.unique(names, return_inverse=True)
     k = int(truth.max()) + 1
     t0 = time.perf_counter()
-    em = latent_class_em(n_u, n_r, fit, val, test, k, iterations=cfg.em_iterations, seed=seed)
-    annealed = latent_class_em(n_u, n_r, fit, val, test, k, iterations=cfg.annealed_iterations,
+    em = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.em_iterations, seed=seed)
+    annealed = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.annealed_iterations,
                                anneal_from=cfg.anneal_from, seed=seed)
-    em_truth = latent_class_em(n_u, n_r, fit, val, test, k, init_groups=truth, iterations=cfg.em_iterations,
-                               seed=seed)
+    em_truth = latent_class_em(n_u, n_r, fit, k, val=val, test=test, init_groups=truth,
+                               iterations=cfg.em_iterations, seed=seed)
     out = {"case": name, "n_groups": k, "gnn": row["copl"] if row else None,
            "shared": fit_shared(n_u, n_r, fit, val, test).test_accuracy,
            "true_groups": fit_true_groups(built.user_group, n_r, fit, val, test).test_accuracy,

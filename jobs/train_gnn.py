@@ -25,6 +25,7 @@ from copl_ray.data.dataset import exit_on_dataset_error, validate_dataset  # noq
 from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.agreement_init import AGREEMENT_RANK, agreement_spectrum  # noqa: E402
 from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
+from copl_ray.gnn.latent_classes import latent_class_start  # noqa: E402
 from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, resolve_mode, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
@@ -142,6 +143,10 @@ def main(argv=None) -> dict:
         # From the fit pairs only: validation pairs must not shape the start either.
         data["user_spectrum"] = agreement_spectrum(g.n_users, g.n_responses, fit, AGREEMENT_RANK, cfg.seed
                                                    ).astype("float32")
+    latent_classes = None
+    if cfg.model == "copl" and any(c.get("user_init", cfg.user_init) == "latent_classes" for c in candidates):
+        # Fitted on the fit pairs; the validation pairs choose K, as they choose everything else.
+        data["user_classes"], latent_classes = latent_class_start(g.n_users, g.n_responses, fit, val, cfg.seed)
     data_ref = ray.put(data)
     runs = []
     for i, update in enumerate(candidates):
@@ -172,6 +177,8 @@ def main(argv=None) -> dict:
     history = state["history"]
     metrics["selection"] = _selection_metrics(runs, chosen, val)
     metrics["mode_resolution"] = mode_info
+    if latent_classes is not None:  # the warm start of user_init=latent_classes: K and its validation scores
+        metrics["latent_classes"] = latent_classes
     metrics.update({
         "model": cfg.model,
         "epochs_run": len(history),

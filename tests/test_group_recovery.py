@@ -41,28 +41,29 @@ def _split(root):
 
 
 def test_em_finds_two_opposed_groups_and_keeps_them_when_started_there(opposed_groups, one_torch_thread):
-    from copl_ray.eval.group_recovery import latent_class_em
+    from copl_ray.gnn.latent_classes import latent_class_em
 
     n_u, n_r, fit, val, test, truth = _split(opposed_groups)
-    one = latent_class_em(n_u, n_r, fit, val, test, 1, iterations=5)  # one class = one shared preference
-    found = latent_class_em(n_u, n_r, fit, val, test, 2, iterations=10)
-    kept = latent_class_em(n_u, n_r, fit, val, test, 2, init_groups=truth, iterations=5)
+    one = latent_class_em(n_u, n_r, fit, 1, val=val, test=test, iterations=5)  # one class = one shared preference
+    found = latent_class_em(n_u, n_r, fit, 2, val=val, test=test, iterations=10)
+    kept = latent_class_em(n_u, n_r, fit, 2, val=val, test=test, init_groups=truth, iterations=5)
     assert found.test_accuracy > one.test_accuracy + 0.1
     assert kept.test_accuracy > 0.85 and kept.last_test_accuracy > 0.85
     assert len(kept.test_by_iteration) == 5
-    annealed = latent_class_em(n_u, n_r, fit, val, test, 2, iterations=10, anneal_from=3.0, anneal_iterations=5)
+    annealed = latent_class_em(n_u, n_r, fit, 2, val=val, test=test, iterations=10, anneal_from=3.0,
+                               anneal_iterations=5)
     assert annealed.test_accuracy > one.test_accuracy + 0.1
     with pytest.raises(ValueError, match="anneal_from"):
-        latent_class_em(n_u, n_r, fit, val, test, 2, anneal_from=0.5)
+        latent_class_em(n_u, n_r, fit, 2, anneal_from=0.5)
 
 
 def test_em_chooses_its_iteration_without_reading_test_labels(opposed_groups, one_torch_thread):
-    from copl_ray.eval.group_recovery import latent_class_em
+    from copl_ray.gnn.latent_classes import latent_class_em
 
     n_u, n_r, fit, val, test, truth = _split(opposed_groups)
     flipped = Triples(test.user, test.rejected, test.chosen)  # every test label reversed
-    a = latent_class_em(n_u, n_r, fit, val, test, 2, iterations=6, seed=3)
-    b = latent_class_em(n_u, n_r, fit, val, flipped, 2, iterations=6, seed=3)
+    a = latent_class_em(n_u, n_r, fit, 2, val=val, test=test, iterations=6, seed=3)
+    b = latent_class_em(n_u, n_r, fit, 2, val=val, test=flipped, iterations=6, seed=3)
     assert a.best_iteration == b.best_iteration and a.val == b.val
     assert a.test_accuracy == pytest.approx(1 - b.test_accuracy)
 

@@ -88,11 +88,13 @@ class TrainGNNConfig(JobConfig):
         " e + a+ - a-; with activation=false it generalized best at d=64 (docs/ARCHITECTURE.md)"))
     activation: bool = Field(False, description="copl: LeakyReLU after each layer (paper: true)")
     model_options: dict = Field(default_factory=dict, description="extra model config fields")
-    user_init: Literal["random", "agreement"] = Field("random", description=(
+    user_init: Literal["random", "agreement", "latent_classes"] = Field("random", description=(
         "copl: e^(0) of users. random: N(0, init_std^2) (paper). agreement: the first"
         " AGREEMENT_RANK columns start from the signed agreement spectrum of the train pairs"
-        " (copl_ray/gnn/agreement_init.py; departs from the paper), row norm user_init_norm"))
-    user_init_norm: float = Field(0.1, gt=0, description="user_init=agreement: row norm of the warm start")
+        " (copl_ray/gnn/agreement_init.py; departs from the paper), row norm user_init_norm."
+        " latent_classes: the first K columns start from each user's posterior over the classes of an"
+        " annealed latent-class EM on the train pairs, K chosen on validation (copl_ray/gnn/latent_classes.py)"))
+    user_init_norm: float = Field(0.1, gt=0, description="user_init agreement / latent_classes: row norm of the warm start")
     mode: Literal["auto", "sampled", "full"] = Field("auto", description=(
         "auto: sampled up to auto_full_min_train_pairs train pairs, else full-graph propagation with"
         " the large-batch recipe (LARGE_BATCH: batch, lr, one worker with every CPU of a node) for"
@@ -373,7 +375,8 @@ def train_loop_per_worker(config: dict) -> None:
     ``config = {"job": TrainGNNConfig as dict, "data": ObjectRef of a dict of numpy arrays
     (graph edges ``pos_user``..., train triples ``train_user/train_chosen/train_rejected``, the
     pairs scored each epoch ``eval_user/eval_chosen/eval_rejected``, ``response_in_graph``;
-    ``user_spectrum`` [n_users, k] when ``user_init="agreement"``),
+    ``user_spectrum`` [n_users, k] when ``user_init="agreement"``, ``user_classes`` [n_users, K] when
+    ``user_init="latent_classes"``),
     "n_users": int, "n_responses": int}``.
     """
     import ray
@@ -402,12 +405,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, n_users, n_responses)
-    if cfg.model == "copl" and cfg.user_init == "agreement":
-        if "user_spectrum" not in data:
-            raise ValueError("user_init=agreement: the driver put no user_spectrum in the data")
+    if cfg.model == "copl" and cfg.user_init != "random":
+        key = {"agreement": "user_spectrum", "latent_classes": "user_classes"}[cfg.user_init]
+        if key not in data:
+            raise ValueError(f"user_init={cfg.user_init}: the driver put no {key} in the data")
         from copl_ray.gnn.agreement_init import warm_start_users
 
-        warm_start_users(model.user_emb.weight, data["user_spectrum"], cfg.user_init_norm)
+        warm_start_users(model.user_emb.weight, data[key], cfg.user_init_norm)
     model = model.to(device)
     # Row-sparse gradients where tables are looked up (not full-graph propagation, which reads every
     # row and gives a dense gradient that DDP must then expect). Before DDP: it reads the flag once.
