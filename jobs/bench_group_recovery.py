@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 from pydantic import Field, model_validator  # noqa: E402
 
 from copl_ray.config import JobConfig, parse_job_args, write_metrics, write_resolved_config  # noqa: E402
@@ -72,8 +71,9 @@ def _cases(cfg: BenchGroupRecoveryConfig) -> list[tuple[str, Path, dict | None]]
 def measure(name: str, data: Path, row: dict | None, cfg: BenchGroupRecoveryConfig) -> dict:
     import yaml
 
-    from copl_ray.eval.group_recovery import known_preference_ceiling, latent_class_em
-    from copl_ray.eval.references import fit_shared, fit_true_groups, reference_split
+    from copl_ray.eval.group_recovery import known_preference_ceiling
+    from copl_ray.eval.references import fit_shared, fit_true_groups, group_ids, reference_split
+    from copl_ray.gnn.latent_classes import latent_class_em
 
     ran = data.parent / "gnn" / "config.yaml"
     val_fraction, seed = cfg.val_fraction, cfg.seed
@@ -82,8 +82,7 @@ def measure(name: str, data: Path, row: dict | None, cfg: BenchGroupRecoveryConf
         val_fraction, seed = resolved["val_fraction"], resolved["seed"]
     built, fit, val, test = reference_split(data, val_fraction, seed)
     n_u, n_r = built.graph.n_users, built.graph.n_responses
-    names = np.array(["" if g is None else str(g) for g in built.user_group])
-    _, truth = np.unique(names, return_inverse=True)
+    truth = group_ids(built.user_group)
     k = int(truth.max()) + 1
     t0 = time.perf_counter()
     em = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.em_iterations, seed=seed)

@@ -1,5 +1,6 @@
 """The agreement-spectrum warm start of the user table (copl_ray.gnn.agreement_init): the matrix-free
-operator equals the dense definition, planted groups separate, and `train_gnn` starts from it."""
+operator equals the dense definition, planted groups separate, and `train_gnn` starts from it (and
+from the latent-class start, whose own tests are in test_latent_classes.py)."""
 
 from __future__ import annotations
 
@@ -83,13 +84,17 @@ def test_too_few_users_start_from_nothing():
 
 
 @pytest.mark.integration
-def test_train_gnn_starts_from_the_agreement_spectrum(ray_session, small_ufp4, tmp_path):
+@pytest.mark.parametrize("user_init", ["agreement", "latent_classes"])
+def test_train_gnn_starts_from_the_warm_start(ray_session, small_ufp4, tmp_path, user_init):
+    """Both warm starts of the user table (agreement spectrum; latent classes, copl_ray.gnn.latent_classes)."""
     from tests.job_loader import load_job
 
     out = tmp_path / "gnn"
     load_job("train_gnn").main([f"dataset={small_ufp4}", f"output_dir={out}", "grid=false", "epochs=2",
-                                "transform=true", "activation=true", "l2=0.3", "user_init=agreement",
+                                "transform=true", "activation=true", "l2=0.3", f"user_init={user_init}",
                                 "holdout_fraction=0.1"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["selection"]["chosen"]["user_init"] == "agreement"
+    assert metrics["selection"]["chosen"]["user_init"] == user_init
     assert metrics["gnn_holdout_accuracy"] > 0.6  # 4 groups, chance 0.5
+    if user_init == "latent_classes":  # the number of classes chosen on validation is recorded
+        assert metrics["latent_classes"]["chosen_classes"] in (2, 3, 4, 6, 8)

@@ -1,8 +1,7 @@
-"""The latent-class warm start of train_gnn (copl_ray.gnn.latent_classes.latent_class_start)."""
+"""The latent-class warm start of train_gnn (copl_ray.gnn.latent_classes.latent_class_start); the
+`train_gnn` run that starts from it is in test_agreement_init.py, beside the other warm start."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 
@@ -50,15 +49,3 @@ def test_start_without_validation_uses_the_fallback_count(one_torch_thread):
     assert info == {"chosen_classes": LATENT_CLASS_FALLBACK, "val_accuracy": {}}
     assert q.shape == (len(group), LATENT_CLASS_FALLBACK)
 
-
-def test_train_gnn_starts_from_the_latent_classes(ray_session, small_ufp4, tmp_path):
-    from tests.job_loader import load_job
-
-    out = tmp_path / "gnn"
-    load_job("train_gnn").main([f"dataset={small_ufp4}", f"output_dir={out}", "grid=false", "epochs=2",
-                                "transform=true", "activation=true", "l2=0.3", "user_init=latent_classes",
-                                "holdout_fraction=0.1"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["selection"]["chosen"]["user_init"] == "latent_classes"
-    assert metrics["latent_classes"]["chosen_classes"] in (2, 3, 4, 6, 8)
-    assert metrics["gnn_holdout_accuracy"] > 0.6  # 4 groups, chance 0.5

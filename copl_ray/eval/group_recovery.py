@@ -27,9 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from copl_ray.gnn.latent_classes import latent_class_em
-
-__all__ = ["latent_class_em", "known_preference_ceiling"]
+__all__ = ["known_preference_ceiling"]
 
 
 def known_preference_ceiling(dataset: str | Path) -> dict:

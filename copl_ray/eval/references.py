@@ -34,7 +34,7 @@ from copl_ray.gnn.selection import Score, better, score_margins
 from copl_ray.graph.build import Triples
 
 __all__ = ["FREE_GRID", "CLUSTER_GRID", "Fit", "fit_shared", "fit_free", "fit_true_groups", "fit_clusters",
-           "REFERENCES", "reference_split", "fit_references", "fit_references_for"]
+           "REFERENCES", "group_ids", "reference_split", "fit_references", "fit_references_for"]
 
 FREE_GRID = tuple((d, l2) for d in (2, 4, 8, 16) for l2 in (0.03, 0.1, 0.3, 1.0))
 CLUSTER_GRID = tuple((k, c) for k in (4, 8) for c in (2, 3, 4, 6))  # (eigenvectors, clusters)
@@ -71,15 +71,11 @@ class _TableScorer(nn.Module):
         return (eu * (ra - rb)).sum(-1), (eu.pow(2).sum(-1) + ra.pow(2).sum(-1) + rb.pow(2).sum(-1)).mean()
 
 
-def _tensors(t: Triples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in (t.user, t.chosen, t.rejected))
-
-
 def _train(model: _TableScorer, fit: Triples, val: Triples, test: Triples, *, l2: float, lr: float,
            epochs: int, seed: int, remap=None) -> tuple[Score, float, int]:
     """Adam on fit; returns (best validation score, test accuracy at that epoch, that epoch)."""
     remap = remap or (lambda u, a, b: (u, a, b))
-    F, V, T = (remap(*_tensors(x)) for x in (fit, val, test))
+    F, V, T = (remap(*x.as_tensors()) for x in (fit, val, test))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     best, best_test, best_epoch = None, float("nan"), -1
@@ -121,15 +117,19 @@ def fit_free(n_users: int, n_responses: int, fit: Triples, val: Triples, test: T
     return best
 
 
+def group_ids(group_of_user) -> np.ndarray:
+    """[n_users] int64 group index per user from group names (None where unknown: one extra group)."""
+    names = np.array(["" if g is None else str(g) for g in group_of_user])
+    return np.unique(names, return_inverse=True)[1].astype(np.int64)
+
+
 def fit_true_groups(group_of_user: np.ndarray, n_responses: int, fit: Triples, val: Triples, test: Triples,
                     epochs: int = 15, lr: float = 1e-2, seed: int = 0) -> Fit:
     """A score per (true group, response): the learner told every user's group.
 
     ``group_of_user``: [n_users] group names (None where unknown: those users share one extra group).
     """
-    names = np.array(["" if g is None else str(g) for g in group_of_user])
-    _, gid = np.unique(names, return_inverse=True)
-    gid = torch.from_numpy(gid.astype(np.int64))
+    gid = torch.from_numpy(group_ids(group_of_user))
     n_groups = int(gid.max()) + 1 if len(gid) else 1
     torch.manual_seed(seed)
     model = _TableScorer(1, n_groups * n_responses, 1, fixed_user=True)

@@ -50,10 +50,6 @@ class EMResult:
     test_by_iteration: list[float] | None = None
 
 
-def _as_tensors(t: Triples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in (t.user, t.chosen, t.rejected))
-
-
 def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int, *, val: Triples | None = None,
                     test: Triples | None = None, init_groups: np.ndarray | None = None, iterations: int = 30,
                     m_steps: int = 20, l2: float = 0.3, lr: float = 0.05, anneal_from: float = 1.0,
@@ -83,13 +79,14 @@ def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int
     prior = q.mean(0)
     scores.requires_grad_(True)  # R [K, n_responses]
     opt = torch.optim.Adam([scores], lr=lr)
-    fu, fa, fb = _as_tensors(fit)
+    fu, fa, fb = fit.as_tensors()
+    val_t = val.as_tensors() if val is not None and len(val) else None
+    test_t = test.as_tensors() if test is not None else None
 
     def log_lik(a, b):  # [n, K]: log P(a > b | class k)
         return nn.functional.logsigmoid(scores[:, a] - scores[:, b]).T
 
-    def margins(triples, q):  # logit of the posterior-mixed preference, [n]
-        u, a, b = _as_tensors(triples)
+    def margins(u, a, b, q):  # logit of the posterior-mixed preference, [n]
         p = (q[u] * torch.sigmoid(scores[:, a] - scores[:, b]).T).sum(1)
         return torch.logit(p.clamp(1e-6, 1 - 1e-6))
 
@@ -105,13 +102,13 @@ def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int
             ll = torch.zeros(n_users, n_classes).index_add_(0, fu, log_lik(fa, fb)) + prior.log()
             q = torch.softmax(ll / temperature, 1)
             prior = q.mean(0).clamp_min(1e-4)
-            if test is not None:
-                tests.append(score_margins(margins(test, q)).accuracy)
-            v = score_margins(margins(val, q)) if val is not None and len(val.user) else None
+            if test_t is not None:
+                tests.append(score_margins(margins(*test_t, q)).accuracy)
+            v = score_margins(margins(*val_t, q)) if val_t is not None else None
         if v is None or better(v, best_val):
             best_val, best_it, best_q = v, it, q
     out = EMResult(best_val, best_it, best_q)
-    if test is not None:
+    if test_t is not None:
         out.test_accuracy, out.last_test_accuracy, out.test_by_iteration = tests[best_it], tests[-1], tests
     return out
 

@@ -58,6 +58,10 @@ class Triples:
     def __len__(self) -> int:
         return int(self.user.shape[0])
 
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(user, chosen, rejected) as int64 tensors, [N] each."""
+        return tuple(torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in (self.user, self.chosen, self.rejected))
+
     def as_dict(self) -> dict[str, np.ndarray]:
         out = {"user": self.user, "chosen": self.chosen, "rejected": self.rejected}
         if self.kind is not None:
