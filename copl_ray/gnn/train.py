@@ -362,6 +362,26 @@ def _per_rank(value: float, rank: int, world: int) -> list[float]:
     return mine.tolist()
 
 
+def _fail_after_reports_consumed(epoch: int, world: int) -> None:
+    """Raise the injected failure (``fail_at_epoch``) once every rank's last report has reached the controller.
+
+    Ray Train polls each worker for one queued report every couple of seconds and handles a worker's
+    error as soon as a poll sees it. A rank that raised right after ``report`` could therefore be seen
+    failing before a slower rank's report of the same epoch arrived, and that epoch's checkpoint would
+    be dropped: the restart resumed one epoch early, at random. Waiting until each rank's report queue
+    is drained (the poll marks it done) and then for every rank makes the resume point deterministic.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        get_train_context().get_result_queue().join()
+    except (ImportError, AttributeError):  # another Ray Train layout: fall back to two poll intervals
+        time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
+    if world > 1:
+        dist.barrier()
+    raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -469,7 +489,7 @@ def train_loop_per_worker(config: dict) -> None:
     stop = False
     for epoch in range(state["epoch"], cfg.epochs):
         if cfg.fail_at_epoch is not None and epoch == cfg.fail_at_epoch and state["restored_from_epoch"] is None:
-            raise RuntimeError(f"injected failure at the start of epoch {epoch} (fail_at_epoch)")
+            _fail_after_reports_consumed(epoch, world)
         losses = []
         t_epoch = t_epoch_start = time.perf_counter()
         # This worker's CPU seconds too: unlike wall time, not stretched by other processes on the cores.
