@@ -12,7 +12,9 @@ of (`copl_ray.eval.group_recovery`):
 * ``em``: a latent-class Bradley-Terry mixture fit by EM from a random start, told the true number
   of groups (generous: nothing else here knows it), ``em_iterations``; ``em-annealed``: the same
   with deterministic annealing (E-step temperature from ``anneal_from`` down to 1 over 25
-  iterations), ``annealed_iterations``; ``em-from-truth``: plain EM started at the true groups, best iteration on validation and after the last iteration (drifting away from the
+  iterations), ``annealed_iterations``; ``em-loo``: plain EM whose E-step scores each user with the
+  class scores their own pairs did not shape (``leave_one_out``, what ``train_gnn``'s start runs),
+  ``annealed_iterations``; ``em-from-truth``: plain EM started at the true groups, best iteration on validation and after the last iteration (drifting away from the
   truth means the annotations do not hold the groups in place);
 * ``ceiling``: the Bayes rule that knows every group's preference on every pair and infers only
   each user's group from their train pairs.
@@ -88,6 +90,8 @@ def measure(name: str, data: Path, row: dict | None, cfg: BenchGroupRecoveryConf
     em = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.em_iterations, seed=seed)
     annealed = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.annealed_iterations,
                                anneal_from=cfg.anneal_from, seed=seed)
+    loo = latent_class_em(n_u, n_r, fit, k, val=val, test=test, iterations=cfg.annealed_iterations,
+                          leave_one_out=True, seed=seed)
     em_truth = latent_class_em(n_u, n_r, fit, k, val=val, test=test, init_groups=truth,
                                iterations=cfg.em_iterations, seed=seed)
     out = {"case": name, "n_groups": k, "gnn": row["copl"] if row else None,
@@ -95,6 +99,7 @@ def measure(name: str, data: Path, row: dict | None, cfg: BenchGroupRecoveryConf
            "true_groups": fit_true_groups(built.user_group, n_r, fit, val, test).test_accuracy,
            "em": em.test_accuracy, "em_best_iteration": em.best_iteration,
            "em_annealed": annealed.test_accuracy, "em_annealed_best_iteration": annealed.best_iteration,
+           "em_loo": loo.test_accuracy, "em_loo_best_iteration": loo.best_iteration,
            "em_from_truth": em_truth.test_accuracy, "em_from_truth_best_iteration": em_truth.best_iteration,
            "em_from_truth_last": em_truth.last_test_accuracy, "em_from_truth_by_iteration": em_truth.test_by_iteration,
            **known_preference_ceiling(data), "em_seconds": time.perf_counter() - t0}
@@ -114,6 +119,7 @@ def main(argv=None) -> dict:
         rows.append(r)
         gnn = f"gnn {100 * r['gnn']:.1f}  " if r["gnn"] is not None else ""
         print(f"[group-recovery] {name:26s} {gnn}shared {100 * r['shared']:.1f}  em {100 * r['em']:.1f}  em-annealed {100 * r['em_annealed']:.1f}"
+              f"  em-loo {100 * r['em_loo']:.1f}"
               f"  em-from-truth {100 * r['em_from_truth']:.1f} (it {r['em_from_truth_best_iteration']},"
               f" last {100 * r['em_from_truth_last']:.1f})  true-groups {100 * r['true_groups']:.1f}"
               f"  ceiling {100 * r['ceiling']:.1f} (group known {100 * r['group_known']:.1f})", flush=True)
