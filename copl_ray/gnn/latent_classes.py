@@ -23,6 +23,7 @@ the validation pairs, into the first K columns of the user table (`latent_class_
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,8 +156,9 @@ def latent_class_start(n_users: int, n_responses: int, fit: Triples, val: Triple
 
     Returns:
         (posteriors [n_users, K] float32 with unit rows,
-         {"chosen_classes": K, "chosen_anneal_from": T, "val_accuracy": {K: {T: acc}}}).
+         {"chosen_classes": K, "chosen_anneal_from": T, "val_accuracy": {K: {T: acc}}, "seconds": wall}).
     """
+    t0 = time.perf_counter()
     has_val = val is not None and len(val.user) > 0
     counts = [k for k in LATENT_CLASS_COUNTS if k < n_users] if has_val else [LATENT_CLASS_FALLBACK]
     temperatures = LATENT_CLASS_ANNEALING if has_val else LATENT_CLASS_ANNEALING[-1:]
@@ -170,5 +172,6 @@ def latent_class_start(n_users: int, n_responses: int, fit: Triples, val: Triple
             if best is None or (r.val is not None and better(r.val, best[2].val)):
                 best = (k, t, r)
     q = best[2].posteriors.numpy().astype(np.float32)
-    info = {"chosen_classes": best[0], "chosen_anneal_from": best[1], "val_accuracy": report}
+    info = {"chosen_classes": best[0], "chosen_anneal_from": best[1], "val_accuracy": report,
+            "seconds": time.perf_counter() - t0}
     return q / np.linalg.norm(q, axis=1, keepdims=True), info
