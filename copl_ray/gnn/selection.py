@@ -32,9 +32,10 @@ __all__ = ["split_validation", "Score", "score_margins", "better", "best_index",
 # cases where spectral clustering beat the GNN (issue 14, 2,000 users, seed 1) it moved the Eq. 2-3
 # layer's seen-user test accuracy 68.6 -> 73.1 (g4_corr06_dense) and 56.8 -> 63.7
 # (g5_imb_6attr_sparse); with the propagation-only layer it did not help (65.7 -> 65.6 / 63.1).
-# The fifth starts them from an annealed latent-class EM's posteriors (copl_ray/gnn/latent_classes.py):
+# The fifth starts them from a latent-class EM's posteriors (copl_ray/gnn/latent_classes.py):
 # on 6-group sparse data where every other start ended at one shared preference (4,000 users,
-# g6_8attr_sparse seed 1: 61.8, shared 61.5) it reached 66.2 (K = 6 chosen on validation).
+# g6_8attr_sparse seed 1: 61.8, shared 61.5) it reached 66.2 (annealed EM, K = 6 chosen on
+# validation), 66.5 with the leave-one-out E-step.
 _PROPAGATION = {"transform": False, "activation": False, "exclude_target_edges": True}
 _PAPER_LAYER = {"transform": True, "activation": True, "exclude_target_edges": False}
 GRID_CANDIDATES: tuple[dict, ...] = (

@@ -92,8 +92,9 @@ class TrainGNNConfig(JobConfig):
         "copl: e^(0) of users. random: N(0, init_std^2) (paper). agreement: the first"
         " AGREEMENT_RANK columns start from the signed agreement spectrum of the train pairs"
         " (copl_ray/gnn/agreement_init.py; departs from the paper), row norm user_init_norm."
-        " latent_classes: the first K columns start from each user's posterior over the classes of an"
-        " annealed latent-class EM on the train pairs, K chosen on validation (copl_ray/gnn/latent_classes.py)"))
+        " latent_classes: the first K columns start from each user's posterior over the classes of a"
+        " latent-class EM on the train pairs (leave-one-out E-step), K and annealing chosen on validation"
+        " (copl_ray/gnn/latent_classes.py)"))
     user_init_norm: float = Field(0.1, gt=0, description="user_init agreement / latent_classes: row norm of the warm start")
     mode: Literal["auto", "sampled", "full"] = Field("auto", description=(
         "auto: sampled up to auto_full_min_train_pairs train pairs, else full-graph propagation with"
