@@ -14,8 +14,9 @@ of (`copl_ray.eval.group_recovery`):
   with deterministic annealing (E-step temperature from ``anneal_from`` down to 1 over 25
   iterations), ``annealed_iterations``; ``em-loo``: plain EM whose E-step scores each user with the
   class scores their own pairs did not shape (``leave_one_out``, what ``train_gnn``'s start runs),
-  ``annealed_iterations``; ``em-from-truth``: plain EM started at the true groups, best iteration on validation and after the last iteration (drifting away from the
-  truth means the annotations do not hold the groups in place);
+  ``annealed_iterations``; ``em-from-truth``: plain EM started at the true groups, best iteration on
+  validation and after the last iteration (drifting away from the truth means the annotations do not
+  hold the groups in place);
 * ``ceiling``: the Bayes rule that knows every group's preference on every pair and infers only
   each user's group from their train pairs.
 
