@@ -53,7 +53,6 @@ def test_start_without_validation_uses_the_fallback_count(one_torch_thread):
     assert q.shape == (len(group), LATENT_CLASS_FALLBACK)
 
 
-
 def test_leave_one_out_shift_matches_refitting_without_the_pair(one_torch_thread):
     """The E-step's leave-one-out differences against the M-step objective refit without each pair."""
     import torch

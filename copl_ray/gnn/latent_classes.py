@@ -39,7 +39,7 @@ __all__ = ["EMResult", "latent_class_em", "latent_class_start", "LATENT_CLASS_AN
 LATENT_CLASS_COUNTS = (2, 3, 4, 6, 8)  # K tried by latent_class_start; validation chooses
 LATENT_CLASS_FALLBACK = 6  # K when there are no validation pairs to choose with
 LATENT_CLASS_ANNEALING = (1.0, 3.0)  # E-step starting temperatures tried per K (the last without validation)
-_START_ITERATIONS = 60  # annealing over the first 25, then EM at temperature 1 (converged by ~50 on the suite)
+_START_ITERATIONS = 60  # annealed runs cool over the first 25; then EM at temperature 1 (converged by ~50 on the suite)
 
 
 @dataclass
