@@ -26,7 +26,7 @@ from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.agreement_init import AGREEMENT_RANK, agreement_spectrum  # noqa: E402
 from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.latent_classes import latent_class_start  # noqa: E402
-from copl_ray.gnn.selection import Score, best_index, candidate_grid, split_validation  # noqa: E402
+from copl_ray.gnn.selection import Score, beats_chance, best_index, candidate_grid, split_validation  # noqa: E402
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, resolve_mode, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
 from copl_ray.runtime import init_ray, largest_node_cpus  # noqa: E402
@@ -78,8 +78,17 @@ def _best_score(state: dict) -> Score:
     return Score(*best) if best else Score(float("nan"), float("nan"))
 
 
-def _selection_metrics(runs: list, chosen: int | None, val) -> dict:
-    """What was chosen on validation and from what: candidates with their best epoch and score."""
+def _graph_data(graph, triples) -> dict:
+    """The arrays a training run reads: the signed graph's edges and the triples it trains on."""
+    return {"pos_user": graph.pos_user.numpy(), "pos_response": graph.pos_response.numpy(),
+            "neg_user": graph.neg_user.numpy(), "neg_response": graph.neg_response.numpy(),
+            "train_user": triples.user, "train_chosen": triples.chosen, "train_rejected": triples.rejected,
+            "response_in_graph": graph.response_in_graph()}
+
+
+def _selection_metrics(runs: list, chosen: int | None, val, refit: dict | None = None) -> dict:
+    """What was chosen on validation and from what: candidates with their best epoch and score;
+    ``refit``: why validation was not trusted and what was trained instead."""
     rows = []
     for update, run_cfg, _, state in runs:
         es = state.get("early_stopping") or {}
@@ -91,6 +100,9 @@ def _selection_metrics(runs: list, chosen: int | None, val) -> dict:
     if val is None:
         return {"val_pairs": 0, "reason": "val_fraction=0 or no user has two train pairs: the last epoch is kept",
                 "candidates": rows}
+    if refit is not None:
+        return {"val_pairs": len(val), "chosen_candidate": 0, "chosen": rows[0]["settings"], "best_epoch": None,
+                "val_accuracy": None, "refit": refit, "candidates": rows}
     return {"val_pairs": len(val), "chosen_candidate": chosen, "chosen": rows[chosen]["settings"],
             "best_epoch": rows[chosen]["best_epoch"], "val_accuracy": rows[chosen]["val_accuracy"],
             "candidates": rows}
@@ -123,15 +135,9 @@ def main(argv=None) -> dict:
     # Decided on the whole train split, as the grid is (grid_max_train_pairs), so the two agree.
     cfg, mode_info = resolve_mode(cfg, len(built.train), largest_node_cpus())
     write_resolved_config(cfg, cfg.output_dir)  # the concrete mode: a rerun of config.yaml repeats this run
-    response_in_graph = g.response_in_graph()
 
     # 3. Train on Ray Train: one run, or one per grid candidate.
-    data = {
-        "pos_user": g.pos_user.numpy(), "pos_response": g.pos_response.numpy(),
-        "neg_user": g.neg_user.numpy(), "neg_response": g.neg_response.numpy(),
-        "train_user": fit.user, "train_chosen": fit.chosen, "train_rejected": fit.rejected,
-        "response_in_graph": response_in_graph,
-    }
+    data = _graph_data(g, fit)
     if val is not None:
         data.update(val_user=val.user, val_chosen=val.chosen, val_rejected=val.rejected)
     # Monitoring only (each epoch's "test_accuracy"): never used to choose anything.
@@ -156,8 +162,25 @@ def main(argv=None) -> dict:
         runs.append((update, run_cfg, result, state))
     chosen = best_index([_best_score(state) for *_, state in runs]) if val is not None else None
     update, cfg_used, result, state = runs[chosen or 0]
+    refit = None
+    if val is not None and not beats_chance(_best_score(state), len(val), cfg.val_min_z):
+        # Validation cannot tell better from worse here (selection.beats_chance): choosing an epoch
+        # or a candidate by it is choosing by noise. Train the first candidate (the single-run
+        # default) on every train pair for every epoch instead, as a run without validation does.
+        best = _best_score(state)
+        refit = {"reason": f"best validation accuracy {best.accuracy:.4f} on {len(val)} pairs is under"
+                           f" chance + {cfg.val_min_z:g} standard errors"
+                           f" ({0.5 + cfg.val_min_z * 0.5 / len(val) ** 0.5:.4f}): validation cannot choose;"
+                           " the first candidate was refit on all train pairs for all epochs",
+                 "validation_pick": chosen}
+        update = candidates[0]
+        cfg_used = TrainGNNConfig.model_validate({**cfg.model_dump(), **update, "grid": False, "val_fraction": 0.0})
+        refit_data = {k: v for k, v in data.items() if not k.startswith("val_")}
+        refit_data.update(_graph_data(built.graph, built.train))
+        result, state = run_training(cfg_used, ray.put(refit_data), built.graph.n_users, built.graph.n_responses,
+                                     run_tag="refit")
     seconds_fit = time.perf_counter() - t0
-    if update:  # the config.yaml that reproduces the chosen run
+    if update or refit:  # the config.yaml that reproduces the chosen run
         write_resolved_config(cfg_used, cfg.output_dir)
 
     # 4. Final embeddings over the whole train graph (validation edges back in), export, metrics.
@@ -175,7 +198,7 @@ def main(argv=None) -> dict:
     export_gnn_dir(cfg.output_dir, g, built.user_map, built.response_map, e_user, e_resp, model,
                    embedding_meta={"model": cfg.model})
     history = state["history"]
-    metrics["selection"] = _selection_metrics(runs, chosen, val)
+    metrics["selection"] = _selection_metrics(runs, chosen, val, refit)
     metrics["mode_resolution"] = mode_info
     if latent_classes is not None:  # the warm start of user_init=latent_classes: K and its validation scores
         metrics["latent_classes"] = latent_classes

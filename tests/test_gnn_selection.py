@@ -7,10 +7,12 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from copl_ray.gnn.selection import EarlyStopping, Score, best_index, better, candidate_grid, split_validation
+from copl_ray.gnn.selection import (EarlyStopping, Score, beats_chance, best_index, better, candidate_grid,
+                                    split_validation)
 from copl_ray.graph.build import Triples
 from copl_ray.graph.signed_graph import SignedGraph
 from tests.job_loader import load_job
@@ -47,6 +49,14 @@ def test_best_index_prefers_accuracy_then_loss_then_the_earliest():
     assert best_index([Score(nan, 0.1), Score(0.55, 0.9)]) == 1
     assert best_index([Score(nan, nan)]) is None and best_index([]) is None
     assert not better(Score(nan, 0.0), Score(0.5, 1.0)) and better(Score(0.5, 1.0), Score(nan, 0.0))
+
+
+def test_validation_chooses_only_when_it_beats_chance_by_z_standard_errors():
+    # 400 pairs: one standard error under chance is 0.025, so z=3 asks for 0.575.
+    assert beats_chance(Score(0.58, 0.6), 400, z=3.0) and not beats_chance(Score(0.57, 0.6), 400, z=3.0)
+    assert beats_chance(Score(0.53, 0.6), 10_000, z=3.0)  # the same margin is significant on more pairs
+    assert beats_chance(Score(0.51, 0.7), 400, z=0.0) and not beats_chance(Score(0.49, 0.7), 400, z=0.0)
+    assert not beats_chance(Score(float("nan"), 0.6), 400, z=0.0) and not beats_chance(Score(0.9, 0.1), 0, z=0.0)
 
 
 def test_early_stopping_waits_patience_epochs_and_restores():
@@ -133,3 +143,40 @@ def test_selection_picks_the_best_validation_epoch_and_never_reads_test_labels(r
     assert f"lr: {sel['chosen']['lr']}" in cfg and "grid: false" in cfg
     graph = SignedGraph.load(tmp_path / "a")
     assert graph.num_edges == 2 * pq.read_table(data / "annotations" / "train").num_rows
+
+
+def _shuffle_train_labels(src, dst, seed: int = 0):
+    """A copy of the dataset whose annotations/train labels are coin flips: no validation pair can
+    be predicted, so validation accuracy is chance whatever is trained."""
+    shutil.copytree(src, dst)
+    rng = np.random.default_rng(seed)
+    for path in (dst / "annotations" / "train").glob("*.parquet"):
+        t = pq.read_table(path)
+        swap = rng.random(t.num_rows) < 0.5
+        a, b = t.column("chosen_id").to_numpy(zero_copy_only=False), t.column("rejected_id").to_numpy(zero_copy_only=False)
+        t = t.set_column(t.schema.get_field_index("chosen_id"), "chosen_id", pa.array(np.where(swap, b, a))) \
+             .set_column(t.schema.get_field_index("rejected_id"), "rejected_id", pa.array(np.where(swap, a, b)))
+        pq.write_table(t, path)
+
+
+@pytest.mark.integration
+def test_validation_at_chance_does_not_choose_the_epoch(ray_session, tmp_path):
+    """Where validation cannot beat chance, the job trains the first candidate on every train pair
+    for every epoch (no early stop on noise) and says so in metrics.json and config.yaml."""
+    from copl_ray.data.synthetic import SyntheticSpec, generate_dataset
+
+    generate_dataset(SyntheticSpec(preset="ufp4", n_users=150, survey_size=200, n_unseen_users=4,
+                                   test_pairs_per_unseen_user=5, seed=1), tmp_path / "data")
+    _shuffle_train_labels(tmp_path / "data", tmp_path / "noise")
+    out = tmp_path / "o"
+    m = load_job("train_gnn").main([f"dataset={tmp_path / 'noise'}", f"output_dir={out}", "batch_size=256",
+                                    "dim=16", "epochs=6", "grid=false", "val_fraction=0.2",
+                                    "early_stopping_patience=1", "mode=full"])
+    sel = m["selection"]
+    assert sel["val_pairs"] > 0 and "refit" in sel and "cannot choose" in sel["refit"]["reason"]
+    assert sel["chosen_candidate"] == 0 and sel["best_epoch"] is None
+    assert m["epochs_run"] == 6 and not m["stopped_early"]  # every epoch, no validation to stop on
+    assert all(v is None for v in m["epoch_val_accuracy"])
+    assert "val_fraction: 0.0" in (out / "config.yaml").read_text()  # config.yaml reproduces the refit
+    graph = SignedGraph.load(out)
+    assert graph.num_edges == 2 * pq.read_table(tmp_path / "noise" / "annotations" / "train").num_rows

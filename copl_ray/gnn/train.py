@@ -148,6 +148,11 @@ class TrainGNNConfig(JobConfig):
         " training; each user keeps at least one train pair): the best epoch, early stopping and the"
         " grid are chosen on them, never on test labels (copl_ray/gnn/selection.py). Their edges are"
         " back in the graph for the exported embeddings. 0 = no selection: the last epoch is kept"))
+    val_min_z: float = Field(3.0, ge=0, description=(
+        "validation chooses (epoch, grid candidate) only when the best validation accuracy is this many"
+        " standard errors above chance; below it (validation pairs the graph cannot score, e.g. survey"
+        " pairs with ~1 annotator each) the first candidate is refit on all train pairs for all epochs."
+        " 0: always trust validation (copl_ray.gnn.selection.beats_chance)"))
     early_stopping_patience: int | None = Field(3, ge=1, description=(
         "stop after this many epochs without a better validation score (None: run all epochs)"))
     grid: bool | Literal["auto"] = Field("auto", description=(
