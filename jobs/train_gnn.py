@@ -4,11 +4,14 @@
     python jobs/train_gnn.py --config configs/train_gnn/paper.yaml dataset=D output_dir=O
     python jobs/train_gnn.py dataset=D output_dir=O model=learnable   # baselines: learnable|uniform|lore
 
-Steps: build the graph from ``annotations/train`` with Ray Data; read the test pairs; put both in
-the object store once; train with a ``TorchTrainer`` (N workers, checkpoint per epoch, resume after
-a failure); load the last checkpoint on the driver, compute all embeddings with full-graph
-propagation, export the gnn_dir (docs/ARCHITECTURE.md) and write ``metrics.json`` with
-``gnn_test_accuracy`` overall, by kind and by group, and the per-epoch loss and accuracy.
+Steps: build the graph from ``annotations/train`` with Ray Data; read the test pairs; carve
+validation pairs from train; put them in the object store once; train with a ``TorchTrainer`` (N
+workers, checkpoint per epoch, resume after a failure), once per grid candidate; keep the best epoch
+and candidate on validation, or, where validation cannot beat chance, refit the first candidate on
+every train pair for every epoch (`copl_ray.gnn.selection`); load that checkpoint on the driver,
+compute all embeddings with full-graph propagation, export the gnn_dir (docs/ARCHITECTURE.md) and
+write ``metrics.json`` with ``gnn_test_accuracy`` overall, by kind and by group, the per-epoch loss
+and accuracy, and ``selection`` (what was chosen, from what, and why).
 """
 
 from __future__ import annotations

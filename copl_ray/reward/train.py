@@ -106,6 +106,8 @@ class TrainRewardConfig(JobConfig):
         return self
 
 
+PROGRESS_EVERY = 50  # steps between rank 0's progress lines (mean loss of those steps)
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -222,6 +224,9 @@ def select_lr(model, trainable, data, sampler, device, cfg: "TrainRewardConfig")
             rows = [order[(s * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
             loss = train_step(model, [data.dataset[i] for i in rows], data.tokens, device, optimizer, trainable, cfg)
             losses.append(_all_mean(float(loss), device))
+            if rank == 0 and (step % PROGRESS_EVERY == 0 or step == total_steps):
+                print(f"[train_reward] step {step}/{total_steps} loss {np.mean(losses[-PROGRESS_EVERY:]):.4f}"
+                      f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         acc, vloss = validate(model, data.val, data.tokens, device, cfg.batch_size * 4)
         k = max(1, len(losses) // 5)
         results.append(ProbeResult(lr=lr, val_accuracy=acc, val_loss=vloss, steps=probe_steps,
@@ -290,6 +295,8 @@ def train_loop_per_worker(config: dict) -> None:
         lr, selection = cfg.lr, {"mode": "fixed", "chosen": cfg.lr, "why": "lr set in the config"}
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio)
+    if rank == 0:  # progress on the driver's stdout (Ray forwards worker output): minutes pass on CPU
+        print(f"[train_reward] lr {lr:g}: {selection['why']}; {total_steps} steps ({steps_reason})", flush=True)
 
     step, restored, losses = 0, False, []
     probe_diff = None
@@ -333,6 +340,9 @@ def train_loop_per_worker(config: dict) -> None:
             scheduler.step()
             step += 1
             losses.append(_all_mean(float(loss), device))
+            if rank == 0 and (step % PROGRESS_EVERY == 0 or step == total_steps):
+                print(f"[train_reward] step {step}/{total_steps} loss {np.mean(losses[-PROGRESS_EVERY:]):.4f}"
+                      f" ({time.perf_counter() - t0:.0f} s)", flush=True)
             is_epoch_end = b == steps_per_epoch - 1 or step == cfg.max_steps
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or is_epoch_end:
                 save_checkpoint({"step": step, "epoch": epoch, "loss": float(np.mean(losses[-10:]))})
