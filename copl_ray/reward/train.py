@@ -295,7 +295,8 @@ def train_loop_per_worker(config: dict) -> None:
         lr, selection = cfg.lr, {"mode": "fixed", "chosen": cfg.lr, "why": "lr set in the config"}
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio)
-    if rank == 0:  # progress on the driver's stdout (Ray forwards worker output): minutes pass on CPU
+    if rank == 0:  # progress, minutes apart on CPU: in rank 0's worker log (Ray dashboard, `ray logs`),
+        # not the job's console (copl_ray.runtime keeps worker output off it)
         print(f"[train_reward] lr {lr:g}: {selection['why']}; {total_steps} steps ({steps_reason})", flush=True)
 
     step, restored, losses = 0, False, []
