@@ -37,7 +37,7 @@ from copl_ray.runtime import init_ray, largest_node_cpus  # noqa: E402
 # Keys the grid varies; an explicitly set one stays as given (each set goes together: the layer
 # kind is transform + activation + target-edge masking, the depth is num_layers + fanouts).
 _GRID_UNITS = ({"num_layers", "fanouts"}, {"lr"}, {"l2"}, {"transform", "activation", "exclude_target_edges"},
-               {"user_init"})
+               {"user_init"}, {"user_init_norm"})
 
 
 def _accuracy_metrics(prefix: str, acc: dict, split: str) -> dict:
@@ -71,6 +71,8 @@ def grid_candidates(cfg: TrainGNNConfig, n_train_pairs: int) -> list[dict]:
             if unit & cfg.model_fields_set:
                 for key in unit:
                     cand.pop(key, None)
+        if "user_init" not in cand:  # a candidate's start norm goes with the start it names
+            cand.pop("user_init_norm", None)
         if cand not in out:
             out.append(cand)
     return out or [{}]
@@ -97,7 +99,8 @@ def _selection_metrics(runs: list, chosen: int | None, val, refit: dict | None =
         es = state.get("early_stopping") or {}
         best = es.get("best") or [None, None]
         rows.append({"settings": {k: getattr(run_cfg, k) for k in ("transform", "activation", "exclude_target_edges",
-                                                                 "num_layers", "fanouts", "lr", "l2", "dim", "user_init")},
+                                                                 "num_layers", "fanouts", "lr", "l2", "dim", "user_init",
+                                                                 "user_init_norm")},
                      "varied": sorted(update), "best_epoch": es.get("best_epoch"), "epochs_run": len(state["history"]),
                      "val_accuracy": best[0], "val_loss": best[1]})
     if val is None:

@@ -95,6 +95,11 @@ def test_explicit_keys_are_not_varied_by_the_grid():
     assert all("num_layers" not in c and "fanouts" not in c for c in pinned)
     everything = base + ["num_layers=2", "fanouts=[5,5]", "lr=0.01", "l2=0.5", "transform=false", "user_init=random"]
     assert job.grid_candidates(load_config(TrainGNNConfig, None, everything), 1000) == [{}]
+    # The latent-class candidate brings its own start norm, unless the user set one.
+    latent = [c for c in free if c.get("user_init") == "latent_classes"]
+    assert latent and latent[0]["user_init_norm"] == 1.0
+    normed = job.grid_candidates(load_config(TrainGNNConfig, None, base + ["user_init_norm=0.5"]), 1000)
+    assert len(normed) == len(free) and all("user_init_norm" not in c for c in normed)
 
 
 # ----------------------------------------------------------------------------- integration
