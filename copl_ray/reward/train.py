@@ -224,9 +224,6 @@ def select_lr(model, trainable, data, sampler, device, cfg: "TrainRewardConfig")
             rows = [order[(s * cfg.batch_size + j) % len(order)] for j in range(cfg.batch_size)]
             loss = train_step(model, [data.dataset[i] for i in rows], data.tokens, device, optimizer, trainable, cfg)
             losses.append(_all_mean(float(loss), device))
-            if rank == 0 and (step % PROGRESS_EVERY == 0 or step == total_steps):
-                print(f"[train_reward] step {step}/{total_steps} loss {np.mean(losses[-PROGRESS_EVERY:]):.4f}"
-                      f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         acc, vloss = validate(model, data.val, data.tokens, device, cfg.batch_size * 4)
         k = max(1, len(losses) // 5)
         results.append(ProbeResult(lr=lr, val_accuracy=acc, val_loss=vloss, steps=probe_steps,
