@@ -180,7 +180,9 @@ def main(argv=None) -> dict:
                            " the first candidate was refit on all train pairs for all epochs",
                  "validation_pick": chosen}
         update = candidates[0]
-        cfg_used = TrainGNNConfig.model_validate({**cfg.model_dump(), **update, "grid": False, "val_fraction": 0.0})
+        # val_fraction stays as given: config.yaml then reruns this refit (the one candidate's
+        # validation is at chance too) and the references carve the same split from it.
+        cfg_used = TrainGNNConfig.model_validate({**cfg.model_dump(), **update, "grid": False})
         refit_data = {k: v for k, v in data.items() if not k.startswith("val_")}
         refit_data.update(_graph_data(built.graph, built.train))
         result, state = run_training(cfg_used, ray.put(refit_data), built.graph.n_users, built.graph.n_responses,

@@ -83,3 +83,20 @@ def test_true_groups_reference_beats_one_shared_preference_on_opposed_groups(tmp
     # Two opposed groups with 18 annotators per pair: agreement alone recovers them.
     clusters = fit_clusters(len(um), len(rm), fit, val, test, grid=((4, 2), (4, 3)))
     assert clusters.test_accuracy > oracle.test_accuracy - 0.03 and clusters.settings["clusters"] in (2, 3)
+
+
+@pytest.mark.integration
+def test_references_of_a_gnn_run_without_validation_carve_the_default_split(ray_session, tmp_path):
+    """A train_gnn run with val_fraction 0 leaves nothing to choose on; the references then carve
+    train_gnn's default share (same seed), not an empty split."""
+    import math
+
+    from copl_ray.eval.references import fit_references, fit_references_for
+
+    case = LatentCase(n_users=200, n_unseen_users=0, n_groups=2, n_pairs=150, seed=3)
+    generate_latent_dataset(case, tmp_path / "d")
+    (tmp_path / "gnn").mkdir()
+    (tmp_path / "gnn" / "config.yaml").write_text("val_fraction: 0.0\nseed: 4\n")
+    fits = fit_references_for(tmp_path / "d", tmp_path / "gnn", which=("shared",))
+    assert math.isfinite(fits["shared"].val.accuracy)
+    assert fits["shared"].val == fit_references(tmp_path / "d", 0.1, 4, which=("shared",))["shared"].val

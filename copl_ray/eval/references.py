@@ -166,13 +166,19 @@ REFERENCES = ("shared", "free", "clusters", "true_groups")
 
 def fit_references_for(dataset, gnn_dir, which=REFERENCES) -> dict[str, Fit]:
     """`fit_references` on the validation split a ``train_gnn`` output carved (its resolved
-    ``val_fraction`` and ``seed`` in ``gnn_dir/config.yaml``), so references and GNN share it."""
+    ``val_fraction`` and ``seed`` in ``gnn_dir/config.yaml``), so references and GNN share it;
+    ``val_fraction: 0`` there: train_gnn's default share."""
     from pathlib import Path
 
     import yaml
 
+    from copl_ray.gnn.train import TrainGNNConfig
+
     ran = yaml.safe_load((Path(gnn_dir) / "config.yaml").read_text())
-    return fit_references(dataset, ran["val_fraction"], ran["seed"], which)
+    # A run without validation (val_fraction 0) leaves the references nothing to choose their
+    # settings on: they carve train_gnn's default share instead.
+    val_fraction = ran["val_fraction"] or TrainGNNConfig.model_fields["val_fraction"].default
+    return fit_references(dataset, val_fraction, ran["seed"], which)
 
 
 def reference_split(dataset, val_fraction: float, seed: int):
