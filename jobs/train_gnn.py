@@ -29,7 +29,8 @@ from copl_ray.eval.gnn_metrics import gnn_accuracy  # noqa: E402
 from copl_ray.gnn.agreement_init import AGREEMENT_RANK, agreement_spectrum  # noqa: E402
 from copl_ray.gnn.gnn_dir import export_gnn_dir  # noqa: E402
 from copl_ray.gnn.latent_classes import latent_class_start  # noqa: E402
-from copl_ray.gnn.selection import Score, beats_chance, best_index, candidate_grid, split_validation  # noqa: E402
+from copl_ray.gnn.selection import (Score, beats_chance, best_index, candidate_grid, chance_threshold,  # noqa: E402
+                                    split_validation)
 from copl_ray.gnn.train import TrainGNNConfig, load_trained_model, resolve_mode, run_training  # noqa: E402
 from copl_ray.graph.build import build_graph, index_annotations, signed_graph_from_sorted  # noqa: E402
 from copl_ray.runtime import init_ray, largest_node_cpus  # noqa: E402
@@ -169,14 +170,14 @@ def main(argv=None) -> dict:
     chosen = best_index([_best_score(state) for *_, state in runs]) if val is not None else None
     update, cfg_used, result, state = runs[chosen or 0]
     refit = None
-    if val is not None and not beats_chance(_best_score(state), len(val), cfg.val_min_z):
+    best = _best_score(state)
+    if val is not None and not beats_chance(best, len(val), cfg.val_min_z):
         # Validation cannot tell better from worse here (selection.beats_chance): choosing an epoch
         # or a candidate by it is choosing by noise. Train the first candidate (the single-run
         # default) on every train pair for every epoch instead, as a run without validation does.
-        best = _best_score(state)
         refit = {"reason": f"best validation accuracy {best.accuracy:.4f} on {len(val)} pairs is under"
                            f" chance + {cfg.val_min_z:g} standard errors"
-                           f" ({0.5 + cfg.val_min_z * 0.5 / len(val) ** 0.5:.4f}): validation cannot choose;"
+                           f" ({chance_threshold(len(val), cfg.val_min_z):.4f}): validation cannot choose;"
                            " the first candidate was refit on all train pairs for all epochs",
                  "validation_pick": chosen}
         update = candidates[0]

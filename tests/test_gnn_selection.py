@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from copl_ray.gnn.selection import (EarlyStopping, Score, beats_chance, best_index, better, candidate_grid,
-                                    split_validation)
+                                    chance_threshold, split_validation)
 from copl_ray.graph.build import Triples
 from copl_ray.graph.signed_graph import SignedGraph
 from tests.job_loader import load_job
@@ -53,6 +53,7 @@ def test_best_index_prefers_accuracy_then_loss_then_the_earliest():
 
 def test_validation_chooses_only_when_it_beats_chance_by_z_standard_errors():
     # 400 pairs: one standard error under chance is 0.025, so z=3 asks for 0.575.
+    assert chance_threshold(400, 3.0) == pytest.approx(0.575)
     assert beats_chance(Score(0.58, 0.6), 400, z=3.0) and not beats_chance(Score(0.57, 0.6), 400, z=3.0)
     assert beats_chance(Score(0.53, 0.6), 10_000, z=3.0)  # the same margin is significant on more pairs
     assert beats_chance(Score(0.51, 0.7), 400, z=0.0) and not beats_chance(Score(0.49, 0.7), 400, z=0.0)

@@ -22,7 +22,7 @@ import numpy as np
 from copl_ray.graph.build import Triples
 
 __all__ = ["split_validation", "Score", "score_margins", "better", "best_index", "EarlyStopping", "candidate_grid",
-           "GRID_CANDIDATES", "beats_chance"]
+           "GRID_CANDIDATES", "beats_chance", "chance_threshold"]
 
 # Candidate settings tried when the grid is on (`candidate_grid`); the first is the single-run
 # default. Measured (issue 14 note; in-process full-graph fits, 4 latent-factor datasets and the
@@ -137,7 +137,12 @@ def beats_chance(score: Score, n_pairs: int, z: float) -> bool:
     """
     if n_pairs <= 0 or not np.isfinite(score.accuracy):
         return False
-    return score.accuracy - 0.5 >= z * 0.5 / np.sqrt(n_pairs)
+    return score.accuracy >= chance_threshold(n_pairs, z)
+
+
+def chance_threshold(n_pairs: int, z: float) -> float:
+    """The least accuracy `beats_chance` accepts on ``n_pairs`` > 0 pairs: 0.5 + z * 0.5 / sqrt(n)."""
+    return 0.5 + z * 0.5 / float(np.sqrt(n_pairs))
 
 
 class EarlyStopping:
