@@ -89,7 +89,8 @@ def test_bench_group_recovery_job_prints_every_figure(ray_session, opposed_group
     out = load_job("bench_group_recovery").main([f"datasets=[{opposed_groups}]", f"output_dir={tmp_path / 'o'}",
                                                  "em_iterations=3", "annealed_iterations=3"])
     row = out["rows"][0]
-    for key in ("shared", "true_groups", "em", "em_annealed", "em_from_truth", "ceiling", "group_known"):
+    for key in ("shared", "true_groups", "em", "em_annealed", "em_loo", "em_from_truth", "em_loo_from_truth",
+                "ceiling", "group_known"):
         assert 0.0 <= row[key] <= 1.0, key
     assert row["n_groups"] == 2 and row["gnn"] is None
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["rows"][0]["case"] == "d"

@@ -24,7 +24,7 @@ the validation pairs, into the first K columns of the user table (`latent_class_
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ _START_ITERATIONS = 60  # annealed runs cool over the first 25; then EM at tempe
 class EMResult:
     """EM's best iteration on validation (the last without validation pairs) and what it gives there.
 
-    ``posteriors`` [n_users, K] are those of that iteration; the test figures are filled only when
-    test pairs were passed, and never choose anything."""
+    ``posteriors`` [n_users, K] are those of that iteration; ``val_by_iteration`` holds every
+    iteration's validation score (empty without validation pairs); the test figures are filled only
+    when test pairs were passed, and never choose anything."""
 
     val: Score | None
     best_iteration: int
@@ -55,6 +56,7 @@ class EMResult:
     test_accuracy: float | None = None
     last_test_accuracy: float | None = None
     test_by_iteration: list[float] | None = None
+    val_by_iteration: list[Score] = field(default_factory=list)
 
 
 def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int, *, val: Triples | None = None,
@@ -96,7 +98,7 @@ def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int
         p = (q[u] * torch.sigmoid(scores[:, a] - scores[:, b]).T).sum(1)
         return torch.logit(p.clamp(1e-6, 1 - 1e-6))
 
-    best_val, best_it, best_q, tests = None, -1, None, []
+    best_val, best_it, best_q, tests, vals = None, -1, None, [], []
     for it in range(iterations):
         for _ in range(m_steps):
             log_lik = nn.functional.logsigmoid(scores[:, fa] - scores[:, fb]).T  # [n, K]: log P(a > b | k)
@@ -115,9 +117,11 @@ def latent_class_em(n_users: int, n_responses: int, fit: Triples, n_classes: int
             if test_t is not None:
                 tests.append(score_margins(margins(*test_t, q)).accuracy)
             v = score_margins(margins(*val_t, q)) if val_t is not None else None
+        if v is not None:
+            vals.append(v)
         if v is None or better(v, best_val):
             best_val, best_it, best_q = v, it, q
-    out = EMResult(best_val, best_it, best_q)
+    out = EMResult(best_val, best_it, best_q, val_by_iteration=vals)
     if test_t is not None:
         out.test_accuracy, out.last_test_accuracy, out.test_by_iteration = tests[best_it], tests[-1], tests
     return out
