@@ -65,6 +65,9 @@ def test_em_chooses_its_iteration_without_reading_test_labels(opposed_groups, on
     a = latent_class_em(n_u, n_r, fit, 2, val=val, test=test, iterations=6, seed=3)
     b = latent_class_em(n_u, n_r, fit, 2, val=val, test=flipped, iterations=6, seed=3)
     assert a.best_iteration == b.best_iteration and a.val == b.val
+    assert a.val_by_iteration == b.val_by_iteration and len(a.val_by_iteration) == 6
+    assert a.val_by_iteration[a.best_iteration] == a.val  # the kept iteration is the one validation scored
+    assert latent_class_em(n_u, n_r, fit, 2, iterations=2).val_by_iteration == []  # no validation pairs
     assert a.test_accuracy == pytest.approx(1 - b.test_accuracy)
 
 
