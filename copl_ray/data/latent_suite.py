@@ -17,6 +17,9 @@ can check the job defaults across many of them:
   ``min_annotations .. annotations_per_user`` (``sparse``), and gets ``test_pairs_per_user`` test
   pairs among the survey pairs they did not annotate (so the test responses are in the graph, and
   GNN accuracy on seen users is defined); unseen users likewise for ``fewshot`` / ``test_unseen``;
+* unseen users are spread evenly over the groups (round robin), whatever ``group_ratios`` say, so
+  adaptation is scored on a minority group's newcomers as much as on the majority's (unseen
+  accuracy can then sit well below seen accuracy on imbalanced cases: g2_1to9_sparse);
 * ids are opaque (hex digests), never dense integers.
 
 Users' true group is in ``users.group`` (a learner given the true groups reads it) and their weights
