@@ -128,7 +128,8 @@ def main(argv=None) -> dict:
         print(f"[group-recovery] {name:26s} {gnn}shared {100 * r['shared']:.1f}  em {100 * r['em']:.1f}  em-annealed {100 * r['em_annealed']:.1f}"
               f"  em-loo {100 * r['em_loo']:.1f}"
               f"  em-from-truth {100 * r['em_from_truth']:.1f} (it {r['em_from_truth_best_iteration']},"
-              f" last {100 * r['em_from_truth_last']:.1f})  em-loo-from-truth {100 * r['em_loo_from_truth']:.1f}  true-groups {100 * r['true_groups']:.1f}"
+              f" last {100 * r['em_from_truth_last']:.1f})  em-loo-from-truth {100 * r['em_loo_from_truth']:.1f}"
+              f"  true-groups {100 * r['true_groups']:.1f}"
               f"  ceiling {100 * r['ceiling']:.1f} (group known {100 * r['group_known']:.1f})", flush=True)
     write_metrics({"rows": rows}, cfg.output_dir)
     return {"rows": rows}
